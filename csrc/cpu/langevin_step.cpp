@@ -1,0 +1,149 @@
+// pydiffuse::langevin_step on the CPU. Plain: one pass. SNR-adaptive (score-SDE corrector): a
+// first pass sums |score|^2 and |z|^2 per chunk (the noise stream is generated, not stored), the
+// per-sample step sizes follow, and a second pass regenerates z and writes the step.
+#include <cmath>
+#include <vector>
+
+#include "common/step.h"
+#include "cpu/chunks.h"
+#include "cpu/noise.h"
+#include "torch_utils.h"
+
+namespace pydiffuse::cpu {
+namespace {
+
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void langevin_chunk(const float* x, const float* score, const float* z, float e, float* next,
+                    float* mean, int64_t count) {
+  const float scale = std::sqrt(2.0f * e);
+  for (int64_t i = 0; i < count; ++i) {
+    const float m = x[i] + e * score[i];
+    next[i] = m + scale * z[i];
+    if (mean) mean[i] = m;
+  }
+}
+
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+double sum_squares(const float* v, int64_t count) {
+  float lanes[16] = {};
+  int64_t i = 0;
+  for (; i + 16 <= count; i += 16)
+    for (int k = 0; k < 16; ++k) lanes[k] += v[i + k] * v[i + k];
+  double total = 0;
+  for (; i < count; ++i) total += static_cast<double>(v[i]) * v[i];
+  for (float lane : lanes) total += lane;
+  return total;
+}
+
+struct LangevinArgs {
+  Geometry g;
+  const float* coefs;
+  const int64_t* seeds;
+  bool per_sample_seeds;
+  int64_t step;
+};
+
+// The chunk's noise as float32: the given tensor, or the stream regenerated into `buffer`.
+template <typename scalar_t>
+const float* chunk_noise(const LangevinArgs& a, const scalar_t* noise, int64_t b, int64_t m_begin,
+                         int64_t count, float* buffer) {
+  if (noise) return load_f32(noise + b * a.g.per_sample + m_begin, count, buffer);
+  uint32_t j[kChunk];
+  logical_indices(j, m_begin, count, a.g);
+  fill_noise(buffer, j, count, noise_key(a.seeds, a.per_sample_seeds, b),
+             static_cast<uint32_t>(a.step));
+  return buffer;
+}
+
+// e_b = 2 * step_size_b * (snr_b * |z| / |score|)^2, norms per sample or batch-averaged.
+template <typename scalar_t>
+std::vector<float> adaptive_step_sizes(const LangevinArgs& a, const scalar_t* score,
+                                       const scalar_t* noise, bool per_sample_norm) {
+  const Geometry& g = a.g;
+  std::vector<double> partial(2 * num_chunks(g));
+  for_each_chunk(g, [&](int64_t chunk, int64_t b, int64_t m_begin, int64_t count) {
+    float sb[kChunk], zb[kChunk];
+    partial[2 * chunk] = sum_squares(load_f32(score + b * g.per_sample + m_begin, count, sb), count);
+    partial[2 * chunk + 1] = sum_squares(chunk_noise(a, noise, b, m_begin, count, zb), count);
+  });
+  const int64_t per_sample_chunks = chunks_per_sample(g);
+  std::vector<double> score_norm(g.batch), noise_norm(g.batch);
+  for (int64_t b = 0; b < g.batch; ++b) {
+    double ss = 0, zz = 0;
+    for (int64_t k = 0; k < per_sample_chunks; ++k) {
+      ss += partial[2 * (b * per_sample_chunks + k)];
+      zz += partial[2 * (b * per_sample_chunks + k) + 1];
+    }
+    score_norm[b] = std::sqrt(ss), noise_norm[b] = std::sqrt(zz);
+  }
+  if (!per_sample_norm) {
+    double ss = 0, zz = 0;
+    for (int64_t b = 0; b < g.batch; ++b) ss += score_norm[b], zz += noise_norm[b];
+    std::fill(score_norm.begin(), score_norm.end(), ss / g.batch);
+    std::fill(noise_norm.begin(), noise_norm.end(), zz / g.batch);
+  }
+  std::vector<float> e(g.batch);
+  for (int64_t b = 0; b < g.batch; ++b) {
+    const double ratio = a.coefs[kSnr * g.batch + b] * noise_norm[b] / score_norm[b];
+    e[b] = static_cast<float>(2.0 * a.coefs[kStepSize * g.batch + b] * ratio * ratio);
+  }
+  return e;
+}
+
+template <typename scalar_t>
+void langevin_kernel(const LangevinArgs& a, const float* e, const scalar_t* x,
+                     const scalar_t* score, const scalar_t* noise, scalar_t* next,
+                     scalar_t* mean) {
+  const Geometry& g = a.g;
+  for_each_chunk(g, [&](int64_t, int64_t b, int64_t m_begin, int64_t count) {
+    float xb[kChunk], sb[kChunk], zb[kChunk], nb[kChunk], mb[kChunk];
+    const int64_t base = b * g.per_sample + m_begin;
+    float* next_f = result_f32(next + base, nb);
+    float* mean_f = mean ? result_f32(mean + base, mb) : nullptr;
+    langevin_chunk(load_f32(x + base, count, xb), load_f32(score + base, count, sb),
+                   chunk_noise(a, noise, b, m_begin, count, zb), e[b], next_f, mean_f, count);
+    store_result(next_f, count, next + base);
+    if (mean) store_result(mean_f, count, mean + base);
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> langevin_step_cpu(
+    const at::Tensor& x_in, const at::Tensor& score_in, const at::Tensor& coefs_in, bool adaptive,
+    bool per_sample_norm, const std::optional<at::Tensor>& noise_in,
+    const std::optional<at::Tensor>& seeds_in, int64_t step, bool return_mean) {
+  check_float(x_in, "x");
+  check_like(score_in, x_in, "score");
+  if (noise_in) check_like(*noise_in, x_in, "noise");
+  TORCH_CHECK(noise_in || seeds_in, "pydiffuse: langevin_step needs noise or seeds");
+  const auto format = kernel_format(x_in);
+  const auto g = geometry_of(x_in, format);
+  check_table(coefs_in, kNumLangevinCoefs, g.batch, x_in, "coefs");
+  if (seeds_in) check_seeds(*seeds_in, g.batch, x_in);
+
+  const auto x = x_in.contiguous(format), score = score_in.contiguous(format);
+  const auto coefs = coefs_in.contiguous();
+  std::optional<at::Tensor> noise, seeds;
+  if (noise_in) noise = noise_in->contiguous(format);
+  if (seeds_in) seeds = seeds_in->contiguous();
+  auto next = at::empty_like(x, x.options(), format);
+  auto mean = return_mean ? at::empty_like(x, x.options(), format) : x.new_empty({0});
+  if (x.numel() == 0) return {next, mean};
+
+  LangevinArgs a{g, coefs.data_ptr<float>(), seeds ? seeds->data_ptr<int64_t>() : nullptr,
+                 seeds && seeds->numel() > 1, step};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "langevin", [&] {
+    const scalar_t* noise_ptr = noise ? noise->data_ptr<scalar_t>() : nullptr;
+    std::vector<float> e(a.coefs + kStepSize * g.batch, a.coefs + (kStepSize + 1) * g.batch);
+    if (adaptive) e = adaptive_step_sizes(a, score.data_ptr<scalar_t>(), noise_ptr, per_sample_norm);
+    langevin_kernel<scalar_t>(a, e.data(), x.data_ptr<scalar_t>(), score.data_ptr<scalar_t>(),
+                              noise_ptr, next.data_ptr<scalar_t>(),
+                              return_mean ? mean.data_ptr<scalar_t>() : nullptr);
+  });
+  return {next, mean};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pydiffuse, CPU, m) { m.impl("langevin_step", &langevin_step_cpu); }
+
+}  // namespace pydiffuse::cpu

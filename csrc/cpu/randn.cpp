@@ -1,0 +1,99 @@
+// pydiffuse::randn on the CPU, and fill_noise: the noise stream written so that GCC vectorizes
+// it (Philox with widening 32x32->64 multiplies; log and cos as branch-free polynomials), built
+// for AVX-512, AVX2 and baseline x86-64 and chosen at load time (target_clones).
+#include "cpu/chunks.h"
+#include "cpu/noise.h"
+#include "torch_utils.h"
+
+#include <cstring>
+
+namespace pydiffuse::cpu {
+namespace {
+
+PD_HOST_DEVICE float bits_to_float(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+PD_HOST_DEVICE uint32_t float_to_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+}
+
+// log(u) for u in [1e-7, 1]: u = m 2^e with m in [sqrt(1/2), sqrt(2)),
+// log m = 2 atanh(s) = 2 (s + s^3/3 + ... + s^9/9), s = (m - 1)/(m + 1), |s| <= 0.1716.
+PD_HOST_DEVICE float log_unit(float u) {
+  const uint32_t bits = float_to_bits(u);
+  float e = static_cast<float>(static_cast<int32_t>(bits >> 23) - 127);
+  float m = bits_to_float((bits & 0x007FFFFFu) | 0x3F800000u);
+  const bool high = m > 1.41421356f;
+  m = high ? 0.5f * m : m;
+  e = high ? e + 1.0f : e;
+  const float s = (m - 1.0f) / (m + 1.0f), s2 = s * s;
+  const float series =
+      2.0f * s * (1.0f + s2 * (1.0f / 3 + s2 * (1.0f / 5 + s2 * (1.0f / 7 + s2 * (1.0f / 9)))));
+  return e * 0.693145751953125f + (e * 1.428606765330187e-06f + series);  // ln 2 = hi + lo
+}
+
+// cos(2 pi u) for u in [0, 1]: fold to a in [0, 1/4] by symmetry, then Taylor in theta = 2 pi a.
+PD_HOST_DEVICE float cos_two_pi(float u) {
+  float a = u > 0.5f ? 1.0f - u : u;
+  const bool flip = a > 0.25f;
+  a = flip ? 0.5f - a : a;
+  const float t = kTwoPi * a, t2 = t * t;
+  const float c =
+      1.0f + t2 * (-1.0f / 2 + t2 * (1.0f / 24 + t2 * (-1.0f / 720 + t2 * (1.0f / 40320 +
+      t2 * (-1.0f / 3628800 + t2 * (1.0f / 479001600))))));
+  return flip ? -c : c;
+}
+
+}  // namespace
+
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void fill_noise(float* z, const uint32_t* j, int64_t count, NoiseKey key, uint32_t step) {
+  for (int64_t i = 0; i < count; ++i) {
+    const PhiloxPair w = philox_first_two(key.seed, j[i], key.counter_b, step);
+    const float u0 = std::max(uint_to_uniform(w.w0), kMinUniform);
+    const float u1 = uint_to_uniform(w.w1);
+    z[i] = __builtin_sqrtf(-2.0f * log_unit(u0)) * cos_two_pi(u1);
+  }
+}
+
+namespace {
+
+template <typename scalar_t>
+void randn_kernel(const Geometry& g, const int64_t* seeds, bool per_sample, int64_t step,
+                  scalar_t* out) {
+  for_each_chunk(g, [&](int64_t, int64_t b, int64_t m_begin, int64_t count) {
+    uint32_t j[kChunk];
+    float buffer[kChunk];
+    scalar_t* dst = out + b * g.per_sample + m_begin;
+    float* z = result_f32(dst, buffer);
+    logical_indices(j, m_begin, count, g);
+    fill_noise(z, j, count, noise_key(seeds, per_sample, b), static_cast<uint32_t>(step));
+    store_result(z, count, dst);
+  });
+}
+
+at::Tensor randn_cpu(const at::Tensor& seeds, at::IntArrayRef shape, int64_t step,
+                     at::ScalarType dtype) {
+  TORCH_CHECK(!shape.empty(), "pydiffuse: randn needs a shape with a batch dimension");
+  auto out = at::empty(shape, seeds.options().dtype(dtype));
+  check_float(out, "randn's dtype");
+  check_seeds(seeds, out.size(0), out);
+  if (out.numel() == 0) return out;
+  const auto g = geometry_of(out, at::MemoryFormat::Contiguous);
+  const auto seeds_c = seeds.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "pydiffuse_randn", [&] {
+    randn_kernel(g, seeds_c.data_ptr<int64_t>(), seeds_c.numel() > 1, step,
+                 out.data_ptr<scalar_t>());
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pydiffuse, CPU, m) { m.impl("randn", &randn_cpu); }
+
+}  // namespace pydiffuse::cpu

@@ -1,0 +1,74 @@
+// Every op's schema, once (TORCH_LIBRARY); the Meta kernels that let torch.compile trace them;
+// and the small pybind11 module pydiffuse._C that reports how the extension was built.
+// Backends attach with TORCH_LIBRARY_IMPL from csrc/cpu/*.cpp and csrc/cuda_bindings.cpp.
+#include <pybind11/pybind11.h>
+
+#include "torch_utils.h"
+
+namespace pydiffuse {
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> sample_step_meta(
+    const at::Tensor& x, const at::Tensor& out, const std::optional<at::Tensor>& out_uncond,
+    const at::Tensor& coefs, const std::optional<at::Tensor>& noise,
+    const std::optional<at::Tensor>& seeds, int64_t step, bool has_clip, bool learned_var,
+    bool return_x0) {
+  auto format = kernel_format(x);
+  auto next = at::empty_like(x, x.options(), format);
+  auto x0 = return_x0 ? at::empty_like(x, x.options(), format) : x.new_empty({0});
+  return {next, x0};
+}
+
+at::Tensor lincomb_meta(at::TensorList tensors, const at::Tensor& coefs) {
+  TORCH_CHECK(!tensors.empty(), "pydiffuse: lincomb needs at least one tensor");
+  return at::empty_like(tensors[0], tensors[0].options(), kernel_format(tensors[0]));
+}
+
+std::tuple<at::Tensor, at::Tensor> langevin_step_meta(
+    const at::Tensor& x, const at::Tensor& score, const at::Tensor& coefs, bool adaptive,
+    bool per_sample_norm, const std::optional<at::Tensor>& noise,
+    const std::optional<at::Tensor>& seeds, int64_t step, bool return_mean) {
+  auto format = kernel_format(x);
+  auto next = at::empty_like(x, x.options(), format);
+  auto mean = return_mean ? at::empty_like(x, x.options(), format) : x.new_empty({0});
+  return {next, mean};
+}
+
+at::Tensor randn_meta(const at::Tensor& seeds, c10::SymIntArrayRef shape, int64_t step,
+                      at::ScalarType dtype) {
+  return at::empty_symint(shape, seeds.options().dtype(dtype));
+}
+
+}  // namespace
+
+TORCH_LIBRARY(pydiffuse, m) {
+  m.def(
+      "sample_step(Tensor x, Tensor out, Tensor? out_uncond, Tensor coefs, Tensor? noise, "
+      "Tensor? seeds, int step, bool has_clip, bool learned_var, bool return_x0) "
+      "-> (Tensor, Tensor)");
+  m.def("lincomb(Tensor[] tensors, Tensor coefs) -> Tensor");
+  m.def(
+      "langevin_step(Tensor x, Tensor score, Tensor coefs, bool adaptive, bool per_sample_norm, "
+      "Tensor? noise, Tensor? seeds, int step, bool return_mean) -> (Tensor, Tensor)");
+  m.def("randn(Tensor seeds, SymInt[] shape, int step, ScalarType dtype) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(pydiffuse, Meta, m) {
+  m.impl("sample_step", &sample_step_meta);
+  m.impl("lincomb", &lincomb_meta);
+  m.impl("langevin_step", &langevin_step_meta);
+  m.impl("randn", &randn_meta);
+}
+
+}  // namespace pydiffuse
+
+PYBIND11_MODULE(_C, module) {
+  module.doc() = "pydiffuse compiled kernels; the ops live in torch.ops.pydiffuse";
+#ifdef PYDIFFUSE_WITH_CUDA
+  module.attr("with_cuda") = true;
+#else
+  module.attr("with_cuda") = false;
+#endif
+  module.attr("cuda_archs") = PYDIFFUSE_CUDA_ARCHS;
+  module.attr("compiler") = PYDIFFUSE_COMPILER;
+}

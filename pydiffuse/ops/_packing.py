@@ -1,0 +1,85 @@
+"""The packed argument layout shared by every backend (C++, CUDA, Triton, reference).
+
+Coefficients travel as one float32 tensor [rows, B] on the data's device, one row per
+coefficient, so a compiled kernel reads them per sample; seeds as an int64 tensor [1] (one seed
+for the batch) or [B] (one per sample). Keep in sync with ``csrc/common/step.h``.
+"""
+
+import dataclasses
+import numbers
+
+import torch
+
+STEP_COEF_NAMES = ("cx", "co", "ex", "e0", "m0", "me", "mx", "s")
+STEP_EXTRA_NAMES = ("guidance", "clip", "log_lo", "log_hi")
+COEF_INDEX = {name: i for i, name in enumerate(STEP_COEF_NAMES + STEP_EXTRA_NAMES)}
+NUM_STEP_COEFS = len(COEF_INDEX)
+
+LANGEVIN_STEP_SIZE, LANGEVIN_SNR = 0, 1
+NUM_LANGEVIN_COEFS = 2
+
+Coef = float | torch.Tensor
+
+
+@dataclasses.dataclass
+class StepCoefs:
+    """Coefficients of the step equation (DESIGN.md, op 1); each a float or a [B] tensor.
+
+    x0 = cx x + co o;  eps = ex x + e0 x0;  next = m0 x0 + me eps + mx x + s z.
+    """
+
+    cx: Coef = 0.0
+    co: Coef = 0.0
+    ex: Coef = 0.0
+    e0: Coef = 0.0
+    m0: Coef = 0.0
+    me: Coef = 0.0
+    mx: Coef = 0.0
+    s: Coef = 0.0
+
+
+def coef_row(name: str, value, batch: int, device: torch.device) -> torch.Tensor:
+    """One coefficient (float or [B] / [1] tensor) as a float32 [B] row on ``device``."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)):
+        raise TypeError(f"coefficient {name!r} must be a float or a tensor of shape [B], "
+                        f"got {type(value).__name__}")
+    if isinstance(value, numbers.Real):
+        return torch.full((batch,), float(value), dtype=torch.float32, device=device)
+    if value.is_complex() or not (value.is_floating_point() or value.dtype in _INT_DTYPES):
+        raise TypeError(f"coefficient {name!r} must be a real tensor, got {value.dtype}")
+    if value.device != device:
+        raise ValueError(f"coefficient {name!r} is on {value.device}, the data on {device}")
+    flat = value.reshape(-1) if value.ndim <= 1 else None
+    if flat is None or flat.numel() not in (1, batch):
+        raise ValueError(f"coefficient {name!r} must be a float or a tensor of shape [{batch}] "
+                         f"(one per sample), got shape {list(value.shape)}")
+    return flat.to(torch.float32).expand(batch)
+
+
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def pack_rows(named_values, batch: int, device: torch.device) -> torch.Tensor:
+    """[(name, value), ...] -> a contiguous float32 tensor [len, B]."""
+    return torch.stack([coef_row(n, v, batch, device) for n, v in named_values]).contiguous()
+
+
+def pack_seeds(seed, batch: int, device: torch.device) -> torch.Tensor:
+    """An int seed -> int64 [1]; a sequence or tensor of B seeds -> int64 [B]."""
+    if isinstance(seed, bool):
+        raise TypeError("seed must be an int or one int per sample, got bool")
+    if isinstance(seed, numbers.Integral):
+        return torch.tensor([int(seed)], dtype=torch.int64, device=device)
+    if isinstance(seed, torch.Tensor):
+        if seed.is_floating_point() or seed.is_complex() or seed.dtype == torch.bool:
+            raise TypeError(f"seed tensor must have an integer dtype, got {seed.dtype}")
+        seeds = seed.reshape(-1).to(device=device, dtype=torch.int64)
+    elif isinstance(seed, (list, tuple)) and all(
+            isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in seed):
+        seeds = torch.tensor([int(s) for s in seed], dtype=torch.int64, device=device)
+    else:
+        raise TypeError(f"seed must be an int or one int per sample, got {type(seed).__name__}")
+    if seeds.numel() != batch:
+        raise ValueError(f"seed has {seeds.numel()} values; it must be one int or one per "
+                         f"sample ({batch})")
+    return seeds

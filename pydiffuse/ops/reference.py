@@ -1,0 +1,164 @@
+"""Pure-torch reference of every fused op: the truth for tests, the ``reference`` backend and the
+benchmark baseline. Written for clarity, not speed; arithmetic in float32 (``upcast=float64``
+available for error measurements).
+
+All functions take the *packed* arguments the compiled backends take (see ``_packing.py``):
+``coefs`` is a float32 tensor [NUM_STEP_COEFS, B], ``seeds`` an int64 tensor [1] or [B].
+"""
+
+import math
+
+import torch
+
+from ._packing import (
+    COEF_INDEX,
+    LANGEVIN_SNR,
+    LANGEVIN_STEP_SIZE,
+)
+
+_MASK32 = 0xFFFFFFFF
+_PHILOX_M0, _PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
+_PHILOX_W0, _PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
+_UNIFORM_SCALE = 4.6566127342e-10  # 2**-31, as Triton's uint_to_uniform_float
+_MIN_UNIFORM = 1e-7
+
+
+def _mulhilo32(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hi, lo) 32-bit words of the 64-bit product a*b, in int64 without overflow."""
+    b_lo, b_hi = b & 0xFFFF, b >> 16
+    t = a * b_lo
+    u = a * b_hi + (t >> 16)
+    lo = ((u & 0xFFFF) << 16) | (t & 0xFFFF)
+    return u >> 16, lo
+
+
+def philox4x32(key: torch.Tensor, c0, c1, c2, c3, rounds: int = 10):
+    """Philox4x32-10 (Salmon et al. 2011) on int64 tensors holding uint32 words.
+
+    key: int64 seed (low word k0, high word k1); c0..c3: the counter. Returns the 4 output words.
+    """
+    k0, k1 = key & _MASK32, (key >> 32) & _MASK32
+    c0, c1, c2, c3 = (torch.as_tensor(c, dtype=torch.int64) & _MASK32 for c in (c0, c1, c2, c3))
+    for _ in range(rounds):
+        hi0, lo0 = _mulhilo32(_PHILOX_M0, c0)
+        hi1, lo1 = _mulhilo32(_PHILOX_M1, c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0, k1 = (k0 + _PHILOX_W0) & _MASK32, (k1 + _PHILOX_W1) & _MASK32
+    return c0, c1, c2, c3
+
+
+def _uint_to_uniform(w: torch.Tensor) -> torch.Tensor:
+    """uint32 word -> float32 in [0, 1]: reinterpret as int32, fold the sign, scale by 2^-31."""
+    w = torch.where(w >= 2**31, w - 2**32, w)
+    w = torch.where(w < 0, -w - 1, w)
+    return w.to(torch.float32) * _UNIFORM_SCALE
+
+
+def noise(seeds: torch.Tensor, shape, step: int) -> torch.Tensor:
+    """The noise stream N(seed, step, b, j) in float32, C-order over ``shape`` = [B, ...].
+
+    Scalar seed (``seeds`` of one element): key = seed, counter = (j, b, step, 0).
+    Per-sample seeds ([B]): key = seeds[b], counter = (j, 0, step, 0).
+    z = sqrt(-2 log max(u0, 1e-7)) * cos(2*pi*u1), from the first two Philox words.
+    """
+    batch = shape[0]
+    per_sample = math.prod(shape[1:])
+    device = seeds.device
+    j = torch.arange(per_sample, device=device, dtype=torch.int64).expand(batch, per_sample)
+    b = torch.arange(batch, device=device, dtype=torch.int64)[:, None].expand(batch, per_sample)
+    seeds = seeds.to(torch.int64)
+    if seeds.numel() == 1:
+        key, counter_b = seeds.reshape(1, 1).expand(batch, per_sample), b
+    else:
+        key, counter_b = seeds.reshape(batch, 1).expand(batch, per_sample), torch.zeros_like(b)
+    w0, w1, _, _ = philox4x32(key, j, counter_b, step & _MASK32, 0)
+    u0 = _uint_to_uniform(w0).clamp_min(_MIN_UNIFORM)
+    u1 = _uint_to_uniform(w1)
+    z = torch.sqrt(-2.0 * torch.log(u0)) * torch.cos(6.283185307179586 * u1)
+    return z.reshape(shape)
+
+
+def randn(seeds: torch.Tensor, shape, step: int, dtype: torch.dtype) -> torch.Tensor:
+    """``noise`` cast to ``dtype``."""
+    return noise(seeds, list(shape), step).to(dtype)
+
+
+def _per_sample(row: torch.Tensor, ndim: int) -> torch.Tensor:
+    """[B] coefficient row -> broadcastable [B, 1, ...]."""
+    return row.reshape(-1, *([1] * (ndim - 1)))
+
+
+def _resolve_noise(x, noise_tensor, seeds, step, dtype):
+    if noise_tensor is not None:
+        return noise_tensor.to(dtype)
+    if seeds is not None:
+        return noise(seeds, list(x.shape), step).to(dtype)
+    return torch.zeros((), dtype=dtype, device=x.device)
+
+
+def sample_step(x, out, out_uncond, coefs, noise_tensor, seeds, step, has_clip, learned_var,
+                return_x0, upcast=torch.float32):
+    """The step equation of every sampler (DESIGN.md, op 1):
+
+    o = out_uncond + g (out - out_uncond);  x0 = cx x + co o;  x0 = clamp(x0, -clip, clip);
+    eps = ex x + e0 x0;  next = m0 x0 + me eps + mx x + s z,
+    with, for learned_var, s = coefs.s * exp(0.5 (f log_hi + (1 - f) log_lo)), f = (v + 1)/2.
+    Returns (next, x0) in x's dtype; x0 is an empty tensor unless ``return_x0``.
+    """
+    c = {name: _per_sample(coefs[i].to(upcast), x.ndim) for name, i in COEF_INDEX.items()}
+    xf = x.to(upcast)
+    channels = x.shape[1]
+    o = out[:, :channels] if learned_var else out
+    o = o.to(upcast)
+    if out_uncond is not None:
+        u = out_uncond[:, :channels].to(upcast)
+        o = u + c["guidance"] * (o - u)
+    x0 = c["cx"] * xf + c["co"] * o
+    if has_clip:
+        x0 = torch.minimum(torch.maximum(x0, -c["clip"]), c["clip"])
+    eps = c["ex"] * xf + c["e0"] * x0
+    s = c["s"]
+    if learned_var:
+        frac = (out[:, channels:].to(upcast) + 1) / 2
+        s = s * torch.exp(0.5 * (frac * c["log_hi"] + (1 - frac) * c["log_lo"]))
+    z = _resolve_noise(x, noise_tensor, seeds, step, upcast)
+    nxt = c["m0"] * x0 + c["me"] * eps + c["mx"] * xf + s * z
+    x0_out = x0.to(x.dtype) if return_x0 else x.new_empty(0)
+    return nxt.to(x.dtype), x0_out
+
+
+def lincomb(tensors, coefs, upcast=torch.float32):
+    """sum_i coefs[i] * tensors[i], coefs [n, B] per sample; result in tensors[0]'s dtype."""
+    first = tensors[0]
+    acc = torch.zeros(first.shape, dtype=upcast, device=first.device)
+    for i, t in enumerate(tensors):
+        acc = acc + _per_sample(coefs[i].to(upcast), first.ndim) * t.to(upcast)
+    return acc.to(first.dtype)
+
+
+def langevin_step(x, score, coefs, adaptive, per_sample_norm, noise_tensor, seeds, step,
+                  return_mean, upcast=torch.float32):
+    """One Langevin step: mean = x + e * score; next = mean + sqrt(2 e) z.
+
+    e = step_size, or when ``adaptive`` (score-SDE corrector, Song et al. 2021, Alg. 4-5)
+    e = 2 * step_size * (snr * |z| / |score|)^2 with |.| the L2 norm over each sample,
+    averaged over the batch unless ``per_sample_norm``. Returns (next, mean or empty).
+    """
+    step_size = coefs[LANGEVIN_STEP_SIZE].to(upcast)
+    xf, sf = x.to(upcast), score.to(upcast)
+    z = _resolve_noise(x, noise_tensor, seeds, step, upcast)
+    if adaptive:
+        batch = x.shape[0]
+        z_full = z.expand(x.shape)
+        score_norm = sf.reshape(batch, -1).norm(dim=1)
+        noise_norm = z_full.reshape(batch, -1).norm(dim=1)
+        if not per_sample_norm:
+            score_norm = score_norm.mean().expand(batch)
+            noise_norm = noise_norm.mean().expand(batch)
+        snr = coefs[LANGEVIN_SNR].to(upcast)
+        step_size = 2 * step_size * (snr * noise_norm / score_norm) ** 2
+    e = _per_sample(step_size, x.ndim)
+    mean = xf + e * sf
+    nxt = mean + torch.sqrt(2 * e) * z
+    mean_out = mean.to(x.dtype) if return_mean else x.new_empty(0)
+    return nxt.to(x.dtype), mean_out
