@@ -1,0 +1,49 @@
+"""Argument checks of the public ops: a ValueError or TypeError that names the argument, raised
+before any kernel runs."""
+
+import numbers
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_data(t, name: str) -> torch.Tensor:
+    """A floating tensor with a batch dimension (float64 runs on the reference backend only)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES + (torch.float64,):
+        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+    if t.ndim < 1:
+        raise ValueError(f"{name} must have a batch dimension, got a 0-d tensor")
+    return t
+
+
+def check_same(t, x: torch.Tensor, name: str, shape=None) -> torch.Tensor:
+    """``t`` matches x in dtype and device, and in shape (or ``shape``)."""
+    check_data(t, name)
+    expected = list(x.shape) if shape is None else list(shape)
+    if list(t.shape) != expected:
+        raise ValueError(f"{name} has shape {list(t.shape)}, expected {expected}")
+    if t.dtype != x.dtype:
+        raise TypeError(f"{name} has dtype {t.dtype}, expected x's dtype {x.dtype}")
+    if t.device != x.device:
+        raise ValueError(f"{name} is on {t.device}, x on {x.device}")
+    return t
+
+
+def check_step_index(step) -> int:
+    if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
+        raise TypeError(f"step must be a non-negative int (the sampler step), got {step!r}")
+    return int(step)
+
+
+def check_dtype_backend(x: torch.Tensor, backend_name: str) -> None:
+    if x.dtype == torch.float64 and backend_name != "reference":
+        raise TypeError(f"float64 runs on the reference backend only (backend {backend_name!r} "
+                        "computes in float32); use float32 or pydiffuse.ops.backend('reference')")
+
+
+def is_nonzero(value) -> bool:
+    """Whether a coefficient may be non-zero without looking at device data."""
+    return isinstance(value, torch.Tensor) or float(value) != 0.0
