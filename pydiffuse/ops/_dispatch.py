@@ -5,7 +5,6 @@ no silent fallback.
 """
 
 import contextlib
-import contextvars
 import functools
 import importlib
 import os
@@ -15,8 +14,9 @@ import torch
 from . import reference
 
 BACKENDS = ("cpu", "cuda", "triton", "reference")
-_forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("pydiffuse_backend",
-                                                                     default=None)
+# Innermost ``with backend(...)`` last. Process-wide like torch.backends flags: a plain list,
+# so that torch.compile traces the choice (it cannot trace a ContextVar).
+_forced: list[str] = []
 
 
 class BackendUnavailable(RuntimeError):
@@ -49,6 +49,7 @@ def _triton_module():
         return None, f"pydiffuse.triton_kernels failed to load ({type(err).__name__}: {err})"
 
 
+@torch.compiler.assume_constant_result
 def unavailable_reason(name: str, device_type: str) -> str:
     """Why ``name`` cannot run on ``device_type`` tensors ('' when it can)."""
     if name not in BACKENDS:
@@ -87,7 +88,7 @@ def _default(device_type: str) -> str:
 
 def current_backend(device: torch.device) -> str:
     """The backend an op on ``device`` runs with now."""
-    forced = _forced.get() or os.environ.get("PYDIFFUSE_BACKEND") or None
+    forced = (_forced[-1] if _forced else None) or os.environ.get("PYDIFFUSE_BACKEND") or None
     if forced is None:
         return _default(device.type)
     why = unavailable_reason(forced, device.type)
@@ -101,11 +102,11 @@ def backend(name: str):
     """Force a backend inside the block: ``with pydiffuse.ops.backend("triton"): ...``."""
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    token = _forced.set(name)
+    _forced.append(name)
     try:
         yield
     finally:
-        _forced.reset(token)
+        _forced.pop()
 
 
 def implementation(op: str, device: torch.device):

@@ -1,0 +1,33 @@
+# The README's two commands. Each sets everything up from nothing (a .venv beside this file):
+#   make demo   -- the main job on the embedded default
+#   make test   -- the whole test suite
+# A machine whose python3 already has a CUDA build of torch keeps it (the venv sees the system
+# site-packages); elsewhere torch comes from TORCH_SPEC (the CPU build on these machines).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+DEPS := triton numpy tqdm pytest matplotlib pybind11 ninja cmake "setuptools>=64" wheel
+
+.PHONY: demo test build clean
+
+$(VENV)/.stamp-deps:
+	@if $(PYTHON) -c "import sys, torch; sys.exit(0 if torch.version.cuda else 1)" 2>/dev/null; then \
+		echo "using the CUDA torch of $(PYTHON)"; $(PYTHON) -m venv --system-site-packages $(VENV); \
+	else \
+		$(PYTHON) -m venv $(VENV) && $(BIN)/pip install -q "$(TORCH_SPEC)"; \
+	fi
+	$(BIN)/pip install -q $(DEPS)
+	touch $@
+
+build: $(VENV)/.stamp-deps
+	$(BIN)/pip install -q --no-build-isolation --no-deps -e .
+
+demo: build
+	$(BIN)/pydiffuse demo
+
+test: build
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf build $(VENV) pydiffuse/_C*.so
