@@ -9,8 +9,10 @@
 
 #if defined(__CUDACC__)
 #define PD_HOST_DEVICE __host__ __device__ __forceinline__
+#define PD_UNROLL _Pragma("unroll")
 #else
 #define PD_HOST_DEVICE inline __attribute__((always_inline))
+#define PD_UNROLL _Pragma("GCC unroll 16")
 #endif
 
 namespace pydiffuse {
@@ -31,7 +33,7 @@ struct PhiloxPair {
 PD_HOST_DEVICE PhiloxPair philox_first_two(uint64_t seed, uint32_t c0, uint32_t c1, uint32_t c2) {
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
   uint32_t c3 = 0;
-#pragma unroll
+  PD_UNROLL
   for (int round = 0; round < 10; ++round) {
     const uint64_t p0 = static_cast<uint64_t>(kPhiloxM0) * c0;
     const uint64_t p1 = static_cast<uint64_t>(kPhiloxM1) * c2;

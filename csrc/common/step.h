@@ -22,7 +22,7 @@ struct StepCoefRow {
   float c[kNumStepCoefs];
   PD_HOST_DEVICE static StepCoefRow load(const float* table, int64_t batch, int64_t b) {
     StepCoefRow row;
-#pragma unroll
+    PD_UNROLL
     for (int k = 0; k < kNumStepCoefs; ++k) row.c[k] = table[k * batch + b];
     return row;
   }
