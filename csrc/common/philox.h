@@ -1,7 +1,8 @@
 // The noise stream: N(seed, step, b, j), one function on every backend (DESIGN.md).
-// Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC 2011) with
-// key = seed and counter = (j, b, step, 0); Box-Muller on the first two output words, mapped to
-// uniforms as Triton's uint_to_uniform_float does. No torch headers: host and device code.
+// One Philox4x32-10 call (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC 2011)
+// with key = seed and counter = (j / 4, b, step, 0) gives the four normals j = 4g .. 4g+3:
+// Box-Muller on the words (w0, w1) gives r cos, r sin for j % 4 = 0, 1; (w2, w3) for 2, 3.
+// Words map to uniforms as Triton's uint_to_uniform_float does. No torch headers.
 #pragma once
 
 #include <math.h>
@@ -25,12 +26,11 @@ constexpr float kUniformScale = 4.6566127342e-10f;  // 2^-31
 constexpr float kMinUniform = 1e-7f;
 constexpr float kTwoPi = 6.283185307179586f;
 
-// The two words Box-Muller uses; the other two Philox outputs are not needed.
-struct PhiloxPair {
-  uint32_t w0, w1;
+struct PhiloxWords {
+  uint32_t w0, w1, w2, w3;
 };
 
-PD_HOST_DEVICE PhiloxPair philox_first_two(uint64_t seed, uint32_t c0, uint32_t c1, uint32_t c2) {
+PD_HOST_DEVICE PhiloxWords philox4x32_10(uint64_t seed, uint32_t c0, uint32_t c1, uint32_t c2) {
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
   uint32_t c3 = 0;
   PD_UNROLL
@@ -46,7 +46,7 @@ PD_HOST_DEVICE PhiloxPair philox_first_two(uint64_t seed, uint32_t c0, uint32_t 
     k0 += kPhiloxW0;
     k1 += kPhiloxW1;
   }
-  return {c0, c1};
+  return {c0, c1, c2, c3};
 }
 
 // uint32 -> [0, 1]: reinterpret as int32, fold negatives onto [0, 2^31), scale by 2^-31.
@@ -75,17 +75,16 @@ PD_HOST_DEVICE int64_t logical_index(int64_t m, bool channels_last, int64_t chan
   return channels_last ? (m % channels) * spatial + m / channels : m;
 }
 
-// Box-Muller with the platform's logf/cosf (CUDA); the CPU kernels use a vectorizable
-// polynomial version of the same formula (csrc/cpu/noise_math.h).
-PD_HOST_DEVICE float box_muller(PhiloxPair w) {
-  const float u0 = fmaxf(uint_to_uniform(w.w0), kMinUniform);
-  const float u1 = uint_to_uniform(w.w1);
-  return sqrtf(-2.0f * logf(u0)) * cosf(kTwoPi * u1);
-}
-
+// Element j of the stream from its Philox call, with the platform's logf/sinf/cosf (CUDA); the
+// CPU kernels use vectorizable polynomials of the same formula (csrc/cpu/randn.cpp).
 PD_HOST_DEVICE float noise_at(NoiseKey key, int64_t j, int64_t step) {
-  return box_muller(philox_first_two(key.seed, static_cast<uint32_t>(j), key.counter_b,
-                                     static_cast<uint32_t>(step)));
+  const PhiloxWords w = philox4x32_10(key.seed, static_cast<uint32_t>(j >> 2), key.counter_b,
+                                      static_cast<uint32_t>(step));
+  const bool second_pair = (j >> 1) & 1;
+  const float u_a = fmaxf(uint_to_uniform(second_pair ? w.w2 : w.w0), kMinUniform);
+  const float u_b = uint_to_uniform(second_pair ? w.w3 : w.w1);
+  const float radius = sqrtf(-2.0f * logf(u_a)), theta = kTwoPi * u_b;
+  return radius * ((j & 1) ? sinf(theta) : cosf(theta));
 }
 
 }  // namespace pydiffuse

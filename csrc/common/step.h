@@ -35,7 +35,10 @@ struct StepEquation {
   PD_HOST_DEVICE static float x0(const StepCoefRow& r, float x, float o, float u) {
     if (kGuided) o = u + r.c[kGuidance] * (o - u);
     float x0 = r.c[kCx] * x + r.c[kCo] * o;
-    if (kClipped) x0 = fminf(fmaxf(x0, -r.c[kClip]), r.c[kClip]);
+    if (kClipped) {  // as torch.clamp: NaN stays NaN
+      x0 = x0 < -r.c[kClip] ? -r.c[kClip] : x0;
+      x0 = x0 > r.c[kClip] ? r.c[kClip] : x0;
+    }
     return x0;
   }
   // next from x, x0, the variance channel v and the noise z.

@@ -48,9 +48,7 @@ template <typename scalar_t>
 const float* chunk_noise(const LangevinArgs& a, const scalar_t* noise, int64_t b, int64_t m_begin,
                          int64_t count, float* buffer) {
   if (noise) return load_f32(noise + b * a.g.per_sample + m_begin, count, buffer);
-  uint32_t j[kChunk];
-  logical_indices(j, m_begin, count, a.g);
-  fill_noise(buffer, j, count, noise_key(a.seeds, a.per_sample_seeds, b),
+  fill_noise(buffer, m_begin, count, a.g, noise_key(a.seeds, a.per_sample_seeds, b),
              static_cast<uint32_t>(a.step));
   return buffer;
 }

@@ -1,5 +1,5 @@
 // pydiffuse::randn on the CPU, and fill_noise: the noise stream written so that GCC vectorizes
-// it (Philox with widening 32x32->64 multiplies; log and cos as branch-free polynomials), built
+// it (Philox with widening 32x32->64 multiplies; log, cos, sin as branch-free polynomials), built
 // for AVX-512, AVX2 and baseline x86-64 and chosen at load time (target_clones).
 #include "cpu/chunks.h"
 #include "cpu/noise.h"
@@ -36,7 +36,8 @@ PD_HOST_DEVICE float log_unit(float u) {
   return e * 0.693145751953125f + (e * 1.428606765330187e-06f + series);  // ln 2 = hi + lo
 }
 
-// cos(2 pi u) for u in [0, 1]: fold to a in [0, 1/4] by symmetry, then Taylor in theta = 2 pi a.
+// cos(2 pi u) for u in [0, 1]: fold to a in [0, 1/4] by symmetry (exact float subtractions),
+// then Taylor in theta = 2 pi a <= pi/2 (truncation below 1e-8).
 PD_HOST_DEVICE float cos_two_pi(float u) {
   float a = u > 0.5f ? 1.0f - u : u;
   const bool flip = a > 0.25f;
@@ -48,16 +49,72 @@ PD_HOST_DEVICE float cos_two_pi(float u) {
   return flip ? -c : c;
 }
 
+// sin(2 pi u) for u in [0, 1]: fold to a in [-1/4, 1/4], then Taylor in theta = 2 pi a.
+PD_HOST_DEVICE float sin_two_pi(float u) {
+  float a = u > 0.5f ? u - 1.0f : u;
+  a = a > 0.25f ? 0.5f - a : a;
+  a = a < -0.25f ? -0.5f - a : a;
+  const float t = kTwoPi * a, t2 = t * t;
+  return t * (1.0f + t2 * (-1.0f / 6 + t2 * (1.0f / 120 + t2 * (-1.0f / 5040 + t2 * (
+      1.0f / 362880 + t2 * (-1.0f / 39916800 + t2 * (1.0f / 6227020800.0f)))))));
+}
+
+// j[i] = the logical C-order index of memory offset m_begin + i within a channels-last sample.
+void logical_indices(uint32_t* j, int64_t m_begin, int64_t count, const Geometry& g) {
+  int64_t c = m_begin % g.channels, s = m_begin / g.channels;
+  for (int64_t i = 0; i < count; ++i) {
+    j[i] = static_cast<uint32_t>(c * g.spatial + s);
+    if (++c == g.channels) c = 0, ++s;
+  }
+}
+
+PD_HOST_DEVICE float radius(uint32_t w) {
+  return __builtin_sqrtf(-2.0f * log_unit(std::max(uint_to_uniform(w), kMinUniform)));
+}
+
 }  // namespace
 
+// Four normals per Philox call for the groups g0 .. g0 + groups - 1 (j = 4g .. 4g + 3).
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void fill_noise(float* z, const uint32_t* j, int64_t count, NoiseKey key, uint32_t step) {
-  for (int64_t i = 0; i < count; ++i) {
-    const PhiloxPair w = philox_first_two(key.seed, j[i], key.counter_b, step);
-    const float u0 = std::max(uint_to_uniform(w.w0), kMinUniform);
-    const float u1 = uint_to_uniform(w.w1);
-    z[i] = __builtin_sqrtf(-2.0f * log_unit(u0)) * cos_two_pi(u1);
+static void normals4(float* z, int64_t g0, int64_t groups, NoiseKey key, uint32_t step) {
+  for (int64_t i = 0; i < groups; ++i) {
+    const PhiloxWords w = philox4x32_10(key.seed, static_cast<uint32_t>(g0 + i), key.counter_b,
+                                        step);
+    const float ra = radius(w.w0), rc = radius(w.w2);
+    const float ub = uint_to_uniform(w.w1), ud = uint_to_uniform(w.w3);
+    z[4 * i] = ra * cos_two_pi(ub);
+    z[4 * i + 1] = ra * sin_two_pi(ub);
+    z[4 * i + 2] = rc * cos_two_pi(ud);
+    z[4 * i + 3] = rc * sin_two_pi(ud);
   }
+}
+
+static void fill_noise_range(float* z, int64_t j_begin, int64_t count, NoiseKey key,
+                             uint32_t step) {
+  float quad[kChunk + 8];
+  const int64_t g0 = j_begin >> 2, g1 = (j_begin + count + 3) >> 2;
+  normals4(quad, g0, g1 - g0, key, step);
+  std::memcpy(z, quad + (j_begin & 3), count * sizeof(float));
+}
+
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+static void fill_noise_indexed(float* z, const uint32_t* j, int64_t count, NoiseKey key,
+                               uint32_t step) {
+  for (int64_t i = 0; i < count; ++i) {
+    const PhiloxWords w = philox4x32_10(key.seed, j[i] >> 2, key.counter_b, step);
+    const bool second_pair = (j[i] >> 1) & 1;
+    const float r = radius(second_pair ? w.w2 : w.w0);
+    const float u = uint_to_uniform(second_pair ? w.w3 : w.w1);
+    z[i] = r * ((j[i] & 1) ? sin_two_pi(u) : cos_two_pi(u));
+  }
+}
+
+void fill_noise(float* z, int64_t m_begin, int64_t count, const Geometry& g, NoiseKey key,
+                uint32_t step) {
+  if (!g.channels_last) return fill_noise_range(z, m_begin, count, key, step);
+  uint32_t j[kChunk];
+  logical_indices(j, m_begin, count, g);
+  fill_noise_indexed(z, j, count, key, step);
 }
 
 namespace {
@@ -66,12 +123,11 @@ template <typename scalar_t>
 void randn_kernel(const Geometry& g, const int64_t* seeds, bool per_sample, int64_t step,
                   scalar_t* out) {
   for_each_chunk(g, [&](int64_t, int64_t b, int64_t m_begin, int64_t count) {
-    uint32_t j[kChunk];
     float buffer[kChunk];
     scalar_t* dst = out + b * g.per_sample + m_begin;
     float* z = result_f32(dst, buffer);
-    logical_indices(j, m_begin, count, g);
-    fill_noise(z, j, count, noise_key(seeds, per_sample, b), static_cast<uint32_t>(step));
+    fill_noise(z, m_begin, count, g, noise_key(seeds, per_sample, b),
+               static_cast<uint32_t>(step));
     store_result(z, count, dst);
   });
 }

@@ -76,7 +76,6 @@ void sample_step_kernel(const StepArgs& a, const scalar_t* x, const scalar_t* ou
   const Geometry& g = a.g;
   for_each_chunk(g, [&](int64_t, int64_t b, int64_t m_begin, int64_t count) {
     float xb[kChunk], ob[kChunk], ub[kChunk], vb[kChunk], zb[kChunk], nb[kChunk], x0b[kChunk];
-    uint32_t j[kChunk];
     const int64_t base = b * g.per_sample + m_begin;
     StepChunk c{};
     c.count = count;
@@ -92,8 +91,7 @@ void sample_step_kernel(const StepArgs& a, const scalar_t* x, const scalar_t* ou
     if (noise) {
       c.z = load_f32(noise + base, count, zb);
     } else if (a.seeds) {
-      logical_indices(j, m_begin, count, g);
-      fill_noise(zb, j, count, noise_key(a.seeds, a.per_sample_seeds, b),
+      fill_noise(zb, m_begin, count, g, noise_key(a.seeds, a.per_sample_seeds, b),
                  static_cast<uint32_t>(a.step));
       c.z = zb;
     }

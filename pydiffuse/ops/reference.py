@@ -57,9 +57,12 @@ def _uint_to_uniform(w: torch.Tensor) -> torch.Tensor:
 def noise(seeds: torch.Tensor, shape, step: int) -> torch.Tensor:
     """The noise stream N(seed, step, b, j) in float32, C-order over ``shape`` = [B, ...].
 
-    Scalar seed (``seeds`` of one element): key = seed, counter = (j, b, step, 0).
-    Per-sample seeds ([B]): key = seeds[b], counter = (j, 0, step, 0).
-    z = sqrt(-2 log max(u0, 1e-7)) * cos(2*pi*u1), from the first two Philox words.
+    One Philox4x32-10 call gives four normals: words (w0, w1, w2, w3) of key = seed and
+    counter = (j // 4, b, step, 0); Box-Muller on the pair (w0, w1) for j % 4 in {0, 1} and on
+    (w2, w3) for j % 4 in {2, 3}: r = sqrt(-2 log max(u_a, 1e-7)), theta = 2 pi u_b,
+    z = r cos(theta) for even j, r sin(theta) for odd j (as curand_normal4 / tl.randn4x).
+    Per-sample seeds ([B]): key = seeds[b] and counter b = 0, so a sample's noise follows its
+    own seed wherever it sits in a batch.
     """
     batch = shape[0]
     per_sample = math.prod(shape[1:])
@@ -71,10 +74,13 @@ def noise(seeds: torch.Tensor, shape, step: int) -> torch.Tensor:
         key, counter_b = seeds.reshape(1, 1).expand(batch, per_sample), b
     else:
         key, counter_b = seeds.reshape(batch, 1).expand(batch, per_sample), torch.zeros_like(b)
-    w0, w1, _, _ = philox4x32(key, j, counter_b, step & _MASK32, 0)
-    u0 = _uint_to_uniform(w0).clamp_min(_MIN_UNIFORM)
-    u1 = _uint_to_uniform(w1)
-    z = torch.sqrt(-2.0 * torch.log(u0)) * torch.cos(6.283185307179586 * u1)
+    w0, w1, w2, w3 = philox4x32(key, j >> 2, counter_b, step & _MASK32, 0)
+    second_pair = ((j >> 1) & 1).bool()
+    u_a = _uint_to_uniform(torch.where(second_pair, w2, w0)).clamp_min(_MIN_UNIFORM)
+    u_b = _uint_to_uniform(torch.where(second_pair, w3, w1))
+    radius = torch.sqrt(-2.0 * torch.log(u_a))
+    theta = 6.283185307179586 * u_b
+    z = torch.where((j & 1).bool(), radius * torch.sin(theta), radius * torch.cos(theta))
     return z.reshape(shape)
 
 
@@ -107,11 +113,14 @@ def sample_step(x, out, out_uncond, coefs, noise_tensor, seeds, step, has_clip, 
     """
     c = {name: _per_sample(coefs[i].to(upcast), x.ndim) for name, i in COEF_INDEX.items()}
     xf = x.to(upcast)
-    channels = x.shape[1]
-    o = out[:, :channels] if learned_var else out
+    o, u, v = out, out_uncond, None
+    if learned_var:
+        channels = x.shape[1]
+        o, v = out[:, :channels], out[:, channels:]
+        u = None if u is None else u[:, :channels]
     o = o.to(upcast)
-    if out_uncond is not None:
-        u = out_uncond[:, :channels].to(upcast)
+    if u is not None:
+        u = u.to(upcast)
         o = u + c["guidance"] * (o - u)
     x0 = c["cx"] * xf + c["co"] * o
     if has_clip:
@@ -119,7 +128,7 @@ def sample_step(x, out, out_uncond, coefs, noise_tensor, seeds, step, has_clip, 
     eps = c["ex"] * xf + c["e0"] * x0
     s = c["s"]
     if learned_var:
-        frac = (out[:, channels:].to(upcast) + 1) / 2
+        frac = (v.to(upcast) + 1) / 2
         s = s * torch.exp(0.5 * (frac * c["log_hi"] + (1 - frac) * c["log_lo"]))
     z = _resolve_noise(x, noise_tensor, seeds, step, upcast)
     nxt = c["m0"] * x0 + c["me"] * eps + c["mx"] * xf + s * z
@@ -147,7 +156,7 @@ def langevin_step(x, score, coefs, adaptive, per_sample_norm, noise_tensor, seed
     step_size = coefs[LANGEVIN_STEP_SIZE].to(upcast)
     xf, sf = x.to(upcast), score.to(upcast)
     z = _resolve_noise(x, noise_tensor, seeds, step, upcast)
-    if adaptive:
+    if adaptive and x.shape[0] > 0:
         batch = x.shape[0]
         z_full = z.expand(x.shape)
         score_norm = sf.reshape(batch, -1).norm(dim=1)
