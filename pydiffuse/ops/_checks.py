@@ -1,6 +1,7 @@
 """Argument checks of the public ops: a ValueError or TypeError that names the argument, raised
 before any kernel runs."""
 
+import math
 import numbers
 
 import torch
@@ -47,3 +48,10 @@ def check_dtype_backend(x: torch.Tensor, backend_name: str) -> None:
 def is_nonzero(value) -> bool:
     """Whether a coefficient may be non-zero without looking at device data."""
     return isinstance(value, torch.Tensor) or float(value) != 0.0
+
+
+def check_stream_size(shape) -> None:
+    """The noise stream indexes a sample's elements with 32 bits."""
+    if math.prod(shape[1:]) >= 2**32:
+        raise ValueError("a sample of 2^32 or more elements is beyond the noise stream's counter; "
+                         "pass noise= instead of seed=")

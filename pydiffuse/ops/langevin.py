@@ -4,7 +4,8 @@ corrector, fused."""
 import torch
 
 from . import _dispatch
-from ._checks import check_data, check_dtype_backend, check_same, check_step_index
+from ._checks import (check_data, check_dtype_backend, check_same, check_step_index,
+                      check_stream_size)
 from ._packing import pack_rows, pack_seeds
 
 NORMS = ("batch", "sample")
@@ -42,7 +43,10 @@ def langevin_step(x, score, step_size, *, snr=None, norm="batch", noise=None, se
     batch, device = x.shape[0], x.device
     table = pack_rows([("step_size", step_size), ("snr", 0.0 if snr is None else snr)],
                       batch, device)
-    seeds = None if seed is None else pack_seeds(seed, batch, device)
+    seeds = None
+    if seed is not None:
+        check_stream_size(x.shape)
+        seeds = pack_seeds(seed, batch, device)
     check_dtype_backend(x, _dispatch.current_backend(device))
     nxt, mean = _dispatch.implementation("langevin_step", device)(
         x, score, table, snr is not None, norm == "sample", noise, seeds, step, return_mean)

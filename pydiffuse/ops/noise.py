@@ -1,12 +1,11 @@
 """``randn``: the noise stream N(seed, step, b, j) itself."""
 
-import math
 import numbers
 
 import torch
 
 from . import _dispatch
-from ._checks import FLOAT_DTYPES, check_dtype_backend, check_step_index
+from ._checks import FLOAT_DTYPES, check_dtype_backend, check_step_index, check_stream_size
 from ._packing import pack_seeds
 
 
@@ -33,8 +32,7 @@ def randn(shape, seed, step=0, *, device=None, dtype=torch.float32):
         raise ValueError(f"shape must be a non-empty list of non-negative ints, got {shape!r}")
     if dtype not in FLOAT_DTYPES + (torch.float64,):
         raise TypeError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
-    if math.prod(shape[1:]) >= 2**32:
-        raise ValueError("a sample of 2^32 or more elements is beyond the noise stream's counter")
+    check_stream_size(shape)
     step = check_step_index(step)
     device = torch.device("cpu" if device is None else device)
     seeds = pack_seeds(seed, shape[0], device)

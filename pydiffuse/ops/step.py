@@ -5,7 +5,8 @@ from collections.abc import Sequence
 import torch
 
 from . import _dispatch
-from ._checks import check_data, check_dtype_backend, check_same, check_step_index, is_nonzero
+from ._checks import (check_data, check_dtype_backend, check_same, check_step_index,
+                      check_stream_size, is_nonzero)
 from ._packing import STEP_COEF_NAMES, StepCoefs, pack_rows, pack_seeds
 
 
@@ -63,7 +64,10 @@ def sample_step(x, out, coefs, *, out_uncond=None, guidance=None, clip=None, lea
     rows += [("guidance", 0.0 if guidance is None else guidance),
              ("clip", 0.0 if clip is None else clip), ("log_lo", lo), ("log_hi", hi)]
     table = pack_rows(rows, batch, device)
-    seeds = None if seed is None else pack_seeds(seed, batch, device)
+    seeds = None
+    if seed is not None:
+        check_stream_size(x.shape)
+        seeds = pack_seeds(seed, batch, device)
     name = _dispatch.current_backend(device)
     check_dtype_backend(x, name)
     nxt, x0 = _dispatch.implementation("sample_step", device)(

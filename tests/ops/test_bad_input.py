@@ -7,6 +7,7 @@ from pydiffuse.ops import StepCoefs, langevin_step, lincomb, randn, sample_step
 
 X = torch.zeros(2, 3, 4)
 C = StepCoefs(cx=1.0)
+HUGE = torch.zeros(1, 1).expand(1, 2**32)  # a 2^32-element sample, without the memory
 
 
 @pytest.mark.parametrize("call, error, match", [
@@ -45,6 +46,9 @@ C = StepCoefs(cx=1.0)
     (lambda: randn([], 0), ValueError, "shape must be"),
     (lambda: randn([2, -1], 0), ValueError, "shape must be"),
     (lambda: randn([2, 3], [1, 2, 3]), ValueError, "seed has 3 values"),
+    (lambda: randn([1, 2**32], 0), ValueError, "beyond the noise stream"),
+    (lambda: sample_step(HUGE, HUGE, C, seed=0), ValueError, "beyond the noise stream"),
+    (lambda: langevin_step(HUGE, HUGE, 0.1, seed=0), ValueError, "beyond the noise stream"),
 ])
 def test_clear_error(call, error, match):
     with pytest.raises(error, match=match):
