@@ -5,15 +5,19 @@
 // Words map to uniforms as Triton's uint_to_uniform_float does. No torch headers.
 #pragma once
 
-#include <math.h>
 #include <stdint.h>
 
 #if defined(__CUDACC__)
 #define PD_HOST_DEVICE __host__ __device__ __forceinline__
-#define PD_UNROLL _Pragma("unroll")
 #else
 #define PD_HOST_DEVICE inline __attribute__((always_inline))
-#define PD_UNROLL _Pragma("GCC unroll 16")
+#endif
+#if defined(__CUDA_ARCH__)
+#define PD_UNROLL _Pragma("unroll")
+#elif defined(__CUDACC__)
+#define PD_UNROLL  // nvcc's host pass: these loops run on the device only
+#else
+#define PD_UNROLL _Pragma("GCC unroll 16")  // full unrolling lets GCC vectorize the outer loop
 #endif
 
 namespace pydiffuse {
@@ -75,16 +79,40 @@ PD_HOST_DEVICE int64_t logical_index(int64_t m, bool channels_last, int64_t chan
   return channels_last ? (m % channels) * spatial + m / channels : m;
 }
 
-// Element j of the stream from its Philox call, with the platform's logf/sinf/cosf (CUDA); the
-// CPU kernels use vectorizable polynomials of the same formula (csrc/cpu/randn.cpp).
-PD_HOST_DEVICE float noise_at(NoiseKey key, int64_t j, int64_t step) {
+#if defined(__CUDACC__)
+// The noise stream on the GPU, immune to --use_fast_math: that flag turns logf, cosf and
+// sinf into lg2.approx / cos.approx / sin.approx, whose absolute error (~2^-21.4) becomes |z|
+// errors up to ~1e-3 where u -> 1. Here log u = e ln2 + log1p(m - 1) with u = m 2^e, m in
+// [sqrt(1/2), sqrt(2)) (m - 1 exact), (cos, sin)(2 pi u) = (cos, sin)pi(2 u) and sqrt is
+// correctly rounded: log1pf, sincospif and __fsqrt_rn have no fast-math form.
+__device__ __forceinline__ float box_muller_radius(uint32_t word) {
+  int e;
+  float m = frexpf(fmaxf(uint_to_uniform(word), kMinUniform), &e);  // m in [1/2, 1)
+  if (m < 0.70710678f) m *= 2.0f, --e;
+  return __fsqrt_rn(-2.0f * (static_cast<float>(e) * 0.693147182f + log1pf(m - 1.0f)));
+}
+
+// N(key, step, j) alone: one Philox call for one of its four normals.
+__device__ __forceinline__ float noise_at(NoiseKey key, int64_t j, int64_t step) {
   const PhiloxWords w = philox4x32_10(key.seed, static_cast<uint32_t>(j >> 2), key.counter_b,
                                       static_cast<uint32_t>(step));
   const bool second_pair = (j >> 1) & 1;
-  const float u_a = fmaxf(uint_to_uniform(second_pair ? w.w2 : w.w0), kMinUniform);
-  const float u_b = uint_to_uniform(second_pair ? w.w3 : w.w1);
-  const float radius = sqrtf(-2.0f * logf(u_a)), theta = kTwoPi * u_b;
-  return radius * ((j & 1) ? sinf(theta) : cosf(theta));
+  const float r = box_muller_radius(second_pair ? w.w2 : w.w0);
+  const float u2 = 2.0f * uint_to_uniform(second_pair ? w.w3 : w.w1);
+  return r * ((j & 1) ? sinpif(u2) : cospif(u2));
 }
+
+// N(key, step, j) for the four j = 4 group .. 4 group + 3 of one Philox call.
+__device__ __forceinline__ void noise4(NoiseKey key, int64_t group, int64_t step, float* z) {
+  const PhiloxWords w = philox4x32_10(key.seed, static_cast<uint32_t>(group), key.counter_b,
+                                      static_cast<uint32_t>(step));
+  const float ra = box_muller_radius(w.w0), rc = box_muller_radius(w.w2);
+  float sin_b, cos_b, sin_d, cos_d;
+  sincospif(2.0f * uint_to_uniform(w.w1), &sin_b, &cos_b);
+  sincospif(2.0f * uint_to_uniform(w.w3), &sin_d, &cos_d);
+  z[0] = ra * cos_b, z[1] = ra * sin_b, z[2] = rc * cos_d, z[3] = rc * sin_d;
+}
+
+#endif  // __CUDACC__
 
 }  // namespace pydiffuse

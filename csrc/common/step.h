@@ -8,6 +8,8 @@
 //                                           f = (v + 1) / 2 with a learned variance (iDDPM)
 #pragma once
 
+#include <math.h>
+
 #include "philox.h"
 
 namespace pydiffuse {

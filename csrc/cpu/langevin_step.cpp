@@ -7,7 +7,7 @@
 #include "common/step.h"
 #include "cpu/chunks.h"
 #include "cpu/noise.h"
-#include "torch_utils.h"
+#include "op_inputs.h"
 
 namespace pydiffuse::cpu {
 namespace {
@@ -106,38 +106,25 @@ void langevin_kernel(const LangevinArgs& a, const float* e, const scalar_t* x,
 }
 
 std::tuple<at::Tensor, at::Tensor> langevin_step_cpu(
-    const at::Tensor& x_in, const at::Tensor& score_in, const at::Tensor& coefs_in, bool adaptive,
-    bool per_sample_norm, const std::optional<at::Tensor>& noise_in,
-    const std::optional<at::Tensor>& seeds_in, int64_t step, bool return_mean) {
-  check_float(x_in, "x");
-  check_like(score_in, x_in, "score");
-  if (noise_in) check_like(*noise_in, x_in, "noise");
-  TORCH_CHECK(noise_in || seeds_in, "pydiffuse: langevin_step needs noise or seeds");
-  const auto format = kernel_format(x_in);
-  const auto g = geometry_of(x_in, format);
-  check_table(coefs_in, kNumLangevinCoefs, g.batch, x_in, "coefs");
-  if (seeds_in) check_seeds(*seeds_in, g.batch, x_in);
-
-  const auto x = x_in.contiguous(format), score = score_in.contiguous(format);
-  const auto coefs = coefs_in.contiguous();
-  std::optional<at::Tensor> noise, seeds;
-  if (noise_in) noise = noise_in->contiguous(format);
-  if (seeds_in) seeds = seeds_in->contiguous();
-  auto next = at::empty_like(x, x.options(), format);
-  auto mean = return_mean ? at::empty_like(x, x.options(), format) : x.new_empty({0});
-  if (x.numel() == 0) return {next, mean};
-
-  LangevinArgs a{g, coefs.data_ptr<float>(), seeds ? seeds->data_ptr<int64_t>() : nullptr,
-                 seeds && seeds->numel() > 1, step};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "langevin", [&] {
-    const scalar_t* noise_ptr = noise ? noise->data_ptr<scalar_t>() : nullptr;
-    std::vector<float> e(a.coefs + kStepSize * g.batch, a.coefs + (kStepSize + 1) * g.batch);
-    if (adaptive) e = adaptive_step_sizes(a, score.data_ptr<scalar_t>(), noise_ptr, per_sample_norm);
-    langevin_kernel<scalar_t>(a, e.data(), x.data_ptr<scalar_t>(), score.data_ptr<scalar_t>(),
-                              noise_ptr, next.data_ptr<scalar_t>(),
-                              return_mean ? mean.data_ptr<scalar_t>() : nullptr);
+    const at::Tensor& x, const at::Tensor& score, const at::Tensor& coefs, bool adaptive,
+    bool per_sample_norm, const OptTensor& noise, const OptTensor& seeds, int64_t step,
+    bool return_mean) {
+  auto in = prepare_langevin_step(x, score, coefs, noise, seeds, return_mean);
+  if (in.x.numel() == 0) return {in.next, in.mean};
+  const LangevinArgs a{in.g, in.coefs.data_ptr<float>(),
+                       in.seeds ? in.seeds->data_ptr<int64_t>() : nullptr,
+                       in.seeds && in.seeds->numel() > 1, step};
+  const int64_t batch = in.g.batch;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.x.scalar_type(), "langevin", [&] {
+    const scalar_t* noise_ptr = in.noise ? in.noise->data_ptr<scalar_t>() : nullptr;
+    const scalar_t* score_ptr = in.score.data_ptr<scalar_t>();
+    std::vector<float> e(a.coefs + kStepSize * batch, a.coefs + (kStepSize + 1) * batch);
+    if (adaptive) e = adaptive_step_sizes(a, score_ptr, noise_ptr, per_sample_norm);
+    langevin_kernel<scalar_t>(a, e.data(), in.x.data_ptr<scalar_t>(), score_ptr, noise_ptr,
+                              in.next.data_ptr<scalar_t>(),
+                              return_mean ? in.mean.data_ptr<scalar_t>() : nullptr);
   });
-  return {next, mean};
+  return {in.next, in.mean};
 }
 
 }  // namespace

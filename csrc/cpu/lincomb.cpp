@@ -1,6 +1,6 @@
 // pydiffuse::lincomb on the CPU: sum_i c_i[b] * T_i in one pass, accumulated in float32.
 #include "cpu/chunks.h"
-#include "torch_utils.h"
+#include "op_inputs.h"
 
 #include <vector>
 
@@ -32,26 +32,15 @@ void lincomb_kernel(const Geometry& g, const std::vector<const scalar_t*>& terms
   });
 }
 
-at::Tensor lincomb_cpu(at::TensorList tensors_in, const at::Tensor& coefs_in) {
-  TORCH_CHECK(!tensors_in.empty(), "pydiffuse: lincomb needs at least one tensor");
-  const auto& first = tensors_in[0];
-  check_float(first, "tensors[0]");
-  for (const auto& t : tensors_in) check_like(t, first, "a lincomb term");
-  const auto format = kernel_format(first);
-  const auto g = geometry_of(first, format);
-  check_table(coefs_in, static_cast<int64_t>(tensors_in.size()), g.batch, first, "coefs");
-
-  std::vector<at::Tensor> tensors;
-  for (const auto& t : tensors_in) tensors.push_back(t.contiguous(format));
-  const auto coefs = coefs_in.contiguous();
-  auto out = at::empty_like(first, first.options(), format);
-  if (first.numel() == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, first.scalar_type(), "lincomb", [&] {
+at::Tensor lincomb_cpu(at::TensorList tensors, const at::Tensor& coefs) {
+  auto in = prepare_lincomb(tensors, coefs);
+  if (in.out.numel() == 0) return in.out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.out.scalar_type(), "lincomb", [&] {
     std::vector<const scalar_t*> terms;
-    for (const auto& t : tensors) terms.push_back(t.data_ptr<scalar_t>());
-    lincomb_kernel<scalar_t>(g, terms, coefs.data_ptr<float>(), out.data_ptr<scalar_t>());
+    for (const auto& t : in.terms) terms.push_back(t.data_ptr<scalar_t>());
+    lincomb_kernel<scalar_t>(in.g, terms, in.coefs.data_ptr<float>(), in.out.data_ptr<scalar_t>());
   });
-  return out;
+  return in.out;
 }
 
 }  // namespace

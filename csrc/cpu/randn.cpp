@@ -3,7 +3,7 @@
 // for AVX-512, AVX2 and baseline x86-64 and chosen at load time (target_clones).
 #include "cpu/chunks.h"
 #include "cpu/noise.h"
-#include "torch_utils.h"
+#include "op_inputs.h"
 
 #include <cstring>
 
@@ -134,10 +134,7 @@ void randn_kernel(const Geometry& g, const int64_t* seeds, bool per_sample, int6
 
 at::Tensor randn_cpu(const at::Tensor& seeds, at::IntArrayRef shape, int64_t step,
                      at::ScalarType dtype) {
-  TORCH_CHECK(!shape.empty(), "pydiffuse: randn needs a shape with a batch dimension");
-  auto out = at::empty(shape, seeds.options().dtype(dtype));
-  check_float(out, "randn's dtype");
-  check_seeds(seeds, out.size(0), out);
+  auto out = prepare_randn(seeds, shape, dtype);
   if (out.numel() == 0) return out;
   const auto g = geometry_of(out, at::MemoryFormat::Contiguous);
   const auto seeds_c = seeds.contiguous();

@@ -4,7 +4,7 @@
 #include "common/step.h"
 #include "cpu/chunks.h"
 #include "cpu/noise.h"
-#include "torch_utils.h"
+#include "op_inputs.h"
 
 namespace pydiffuse::cpu {
 namespace {
@@ -104,43 +104,26 @@ void sample_step_kernel(const StepArgs& a, const scalar_t* x, const scalar_t* ou
 }
 
 template <typename scalar_t>
-const scalar_t* data_or_null(const std::optional<at::Tensor>& t) {
+const scalar_t* data_or_null(const OptTensor& t) {
   return t ? t->data_ptr<scalar_t>() : nullptr;
 }
 
 std::tuple<at::Tensor, at::Tensor> sample_step_cpu(
-    const at::Tensor& x_in, const at::Tensor& out_in, const std::optional<at::Tensor>& uncond_in,
-    const at::Tensor& coefs_in, const std::optional<at::Tensor>& noise_in,
-    const std::optional<at::Tensor>& seeds_in, int64_t step, bool has_clip, bool learned_var,
-    bool return_x0) {
-  check_float(x_in, "x");
-  check_step_output(out_in, x_in, learned_var, "out");
-  if (uncond_in) check_like(*uncond_in, out_in, "out_uncond");
-  if (noise_in) check_like(*noise_in, x_in, "noise");
-  const auto format = kernel_format(x_in);
-  const auto g = geometry_of(x_in, format);
-  check_table(coefs_in, kNumStepCoefs, g.batch, x_in, "coefs");
-  if (seeds_in) check_seeds(*seeds_in, g.batch, x_in);
-
-  const auto x = x_in.contiguous(format), out = out_in.contiguous(format);
-  const auto coefs = coefs_in.contiguous();
-  std::optional<at::Tensor> uncond, noise, seeds;
-  if (uncond_in) uncond = uncond_in->contiguous(format);
-  if (noise_in) noise = noise_in->contiguous(format);
-  if (seeds_in) seeds = seeds_in->contiguous();
-  auto next = at::empty_like(x, x.options(), format);
-  auto x0 = return_x0 ? at::empty_like(x, x.options(), format) : x.new_empty({0});
-  if (x.numel() == 0) return {next, x0};
-
-  StepArgs a{g, coefs.data_ptr<float>(), seeds ? seeds->data_ptr<int64_t>() : nullptr,
-             seeds && seeds->numel() > 1, has_clip, learned_var, step};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sample_step", [&] {
-    sample_step_kernel<scalar_t>(a, x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
-                                 data_or_null<scalar_t>(uncond), data_or_null<scalar_t>(noise),
-                                 next.data_ptr<scalar_t>(),
-                                 return_x0 ? x0.data_ptr<scalar_t>() : nullptr);
+    const at::Tensor& x, const at::Tensor& out, const OptTensor& out_uncond,
+    const at::Tensor& coefs, const OptTensor& noise, const OptTensor& seeds, int64_t step,
+    bool has_clip, bool learned_var, bool return_x0) {
+  auto in = prepare_sample_step(x, out, out_uncond, coefs, noise, seeds, learned_var, return_x0);
+  if (in.x.numel() == 0) return {in.next, in.x0};
+  const StepArgs a{in.g, in.coefs.data_ptr<float>(),
+                   in.seeds ? in.seeds->data_ptr<int64_t>() : nullptr,
+                   in.seeds && in.seeds->numel() > 1, has_clip, learned_var, step};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.x.scalar_type(), "sample_step", [&] {
+    sample_step_kernel<scalar_t>(a, in.x.data_ptr<scalar_t>(), in.out.data_ptr<scalar_t>(),
+                                 data_or_null<scalar_t>(in.uncond),
+                                 data_or_null<scalar_t>(in.noise), in.next.data_ptr<scalar_t>(),
+                                 return_x0 ? in.x0.data_ptr<scalar_t>() : nullptr);
   });
-  return {next, x0};
+  return {in.next, in.x0};
 }
 
 }  // namespace
