@@ -1,0 +1,571 @@
+"""``pydiffuse bench``: each fused op beside the same expression in PyTorch eager and
+``torch.compile``, and against this machine's copy bandwidth measured in the same run.
+
+For every case (an op with one set of options) and every compiled backend available on the
+device, the table gives the median time, the ideal bytes moved (each input read once, each output
+written once), GB/s, that rate as a % of ``dst.copy_(src)`` on a preallocated tensor of the same
+shape and dtype, and the speedup over the eager expression and over ``torch.compile`` of it.
+The eager baseline is the step equation as a user writes it, in the tensors' own dtype; for the
+noise-stream case it draws its noise with ``torch.randn``. Benchmarks print; they never assert.
+
+Also runnable as ``python -m pydiffuse.bench`` (or ``benchmarks/bench_ops.py``).
+"""
+
+import argparse
+import dataclasses
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+import pydiffuse
+from pydiffuse import ops
+from pydiffuse.ops import _dispatch
+
+FULL_SHAPE = (16, 4, 512, 512)  # 16Mi elements: 64 MiB per float32 tensor
+QUICK_SHAPE = (4, 4, 256, 256)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+COMPILED_BACKENDS = {"cpu": ("cpu",), "cuda": ("cuda", "triton")}
+
+# Arbitrary non-zero coefficients, so that no term of the step equation folds away.
+CX, CO, EX, E0, M0, ME, MX, S = 1.25, -0.75, 0.6, -0.8, 0.9, 0.3, 0.05, 0.1
+COEFS = ops.StepCoefs(cx=CX, co=CO, ex=EX, e0=E0, m0=M0, me=ME, mx=MX, s=S)
+GUIDANCE, CLIP = 3.0, 1.0
+LINCOMB = (0.5, -0.25, 1.5, 0.125)
+STEP_SIZE, SNR = 1e-3, 0.16
+
+
+@dataclasses.dataclass
+class Case:
+    """One benchmarked op: its inputs (how many shape-sized tensors it reads and writes) and the
+    fused call, the eager expression, and whether their results can be compared."""
+
+    reads: int
+    writes: int
+    fused: Callable
+    eager: Callable
+    comparable: bool = True  # False where fused and eager draw different noise
+    about: str = ""
+
+
+def _step_eager(x, o, z):
+    x0 = CX * x + CO * o
+    eps = EX * x + E0 * x0
+    return M0 * x0 + ME * eps + MX * x + S * z
+
+
+def _cfg_clip_eager(x, o, u, z):
+    o = u + GUIDANCE * (o - u)
+    x0 = (CX * x + CO * o).clamp(-CLIP, CLIP)
+    eps = EX * x + E0 * x0
+    return M0 * x0 + ME * eps + MX * x + S * z
+
+
+def _lincomb_eager(a, b, c, d):
+    return LINCOMB[0] * a + LINCOMB[1] * b + LINCOMB[2] * c + LINCOMB[3] * d
+
+
+def _langevin_eager(x, score, z):
+    mean = x + STEP_SIZE * score
+    return mean + math.sqrt(2 * STEP_SIZE) * z
+
+
+def _langevin_snr_eager(x, score, z):
+    batch = x.shape[0]
+    score_norm = score.reshape(batch, -1).norm(dim=1).mean()
+    noise_norm = z.reshape(batch, -1).norm(dim=1).mean()
+    e = 2 * STEP_SIZE * (SNR * noise_norm / score_norm) ** 2
+    mean = x + e * score
+    return mean + torch.sqrt(2 * e) * z
+
+
+def make_cases(shape, dtype, device) -> dict[str, Case]:
+    """The benchmark cases, by row name (the op's name, then its options)."""
+    like = dict(dtype=dtype, device=device)
+    return {
+        "sample_step": Case(
+            3, 1, lambda x, o, z: ops.sample_step(x, o, COEFS, noise=z), _step_eager,
+            about="step equation, noise given"),
+        "sample_step_seed": Case(
+            2, 1, lambda x, o: ops.sample_step(x, o, COEFS, seed=0, step=1),
+            lambda x, o: _step_eager(x, o, torch.randn_like(x)), comparable=False,
+            about="noise from the in-kernel stream; eager draws torch.randn"),
+        "sample_step_cfg_clip": Case(
+            4, 1, lambda x, o, u, z: ops.sample_step(
+                x, o, COEFS, out_uncond=u, guidance=GUIDANCE, clip=CLIP, noise=z),
+            _cfg_clip_eager, about="classifier-free guidance and x0 clipping"),
+        "lincomb": Case(4, 1, lambda a, b, c, d: ops.lincomb([a, b, c, d], LINCOMB),
+                        _lincomb_eager, about="4 tensors"),
+        "langevin_step": Case(
+            3, 1, lambda x, s, z: ops.langevin_step(x, s, STEP_SIZE, noise=z), _langevin_eager),
+        "langevin_step_snr": Case(
+            3, 1, lambda x, s, z: ops.langevin_step(x, s, STEP_SIZE, snr=SNR, noise=z),
+            _langevin_snr_eager, about="score-SDE corrector, batch-averaged norms"),
+        "randn": Case(0, 1, lambda: ops.randn(list(shape), 0, 1, **like),
+                      lambda: torch.randn(shape, **like), comparable=False,
+                      about="the noise stream vs torch.randn"),
+    }
+
+
+CASE_NAMES = tuple(make_cases((1,), torch.float32, "cpu"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing
+
+
+@dataclasses.dataclass
+class Budget:
+    warmup_s: float
+    min_warmup: int
+    target_s: float  # time spent on the timed calls of one measurement
+    min_reps: int
+    max_reps: int
+
+
+QUICK = Budget(warmup_s=0.05, min_warmup=1, target_s=0.15, min_reps=3, max_reps=20)
+LOAD_WARNING = 0.1  # other processes' share of the CPUs above which a CPU timing is starred
+FULL = Budget(warmup_s=0.3, min_warmup=2, target_s=1.5, min_reps=7, max_reps=200)
+
+
+class OtherLoad:
+    """Share of all CPUs that other processes (and the hypervisor: steal time) used while the
+    block ran, from /proc/stat less this process's own CPU time; None where unreadable.
+    Other work slows and scatters CPU timings."""
+
+    value: float | None = None
+
+    @staticmethod
+    def _busy_s():
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:9]]
+        return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # less idle, iowait
+
+    def __enter__(self):
+        try:
+            self._start = (self._busy_s(), time.process_time(), time.perf_counter())
+        except (OSError, ValueError, IndexError):
+            self._start = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._start is not None:
+            busy, own, wall = (b - a for a, b in zip(self._start, (
+                self._busy_s(), time.process_time(), time.perf_counter())))
+            self.value = max(0.0, (busy - own) / (wall * (os.cpu_count() or 1)))
+
+
+def time_call(fn: Callable, args, device: torch.device, budget: Budget,
+              load: OtherLoad | None = None) -> list[float]:
+    """Seconds per call of ``fn(*args)``: warm-up, then repeats sized to the budget.
+
+    CPU: wall clock around each call. CUDA: an event pair around each call, queued back to back
+    and read after one final synchronize (as ``triton.testing.do_bench``), so host overhead is
+    counted only where it leaves the GPU idle. ``load`` records other processes' CPU use
+    during the timed calls.
+    """
+    load = load or OtherLoad()
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync()
+    start, calls = time.perf_counter(), 0
+    while calls < budget.min_warmup or time.perf_counter() - start < budget.warmup_s:
+        fn(*args)
+        calls += 1
+        if cuda:
+            sync()
+    estimate = (time.perf_counter() - start) / calls
+    reps = int(min(budget.max_reps, max(budget.min_reps, budget.target_s / max(estimate, 1e-7))))
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with load:
+            return _timed_reps(fn, args, reps, cuda)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _timed_reps(fn, args, reps: int, cuda: bool) -> list[float]:
+    if cuda:
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                  for _ in range(reps)]
+        for begin, end in events:
+            begin.record()
+            fn(*args)
+            end.record()
+        torch.cuda.synchronize()
+        return [begin.elapsed_time(end) / 1e3 for begin, end in events]
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn(*args)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _summary(times: list[float]) -> dict:
+    times = sorted(times)
+    return {"median_ms": statistics.median(times) * 1e3, "min_ms": times[0] * 1e3,
+            "max_ms": times[-1] * 1e3, "reps": len(times)}
+
+
+def _short(err: BaseException, limit: int = 160) -> str:
+    text = f"{type(err).__name__}: {err}".strip().splitlines()[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---------------------------------------------------------------------------------------------
+# Machine
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    """Versions, CPU and GPU of this machine, for the reports."""
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "pydiffuse": pydiffuse.__version__, "python": platform.python_version(),
+        "torch": torch.__version__, "torch_cuda": torch.version.cuda,
+        "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+    }
+    try:
+        import triton
+        info["triton"] = triton.__version__
+    except Exception as err:  # noqa: BLE001 - any broken install is "not available"
+        info["triton"] = f"not available ({_short(err, 80)})"
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu_capability"] = f"{props.major}.{props.minor}"
+        info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
+        info["gpu_count"] = torch.cuda.device_count()
+    else:
+        info["gpu"] = None
+    module, why = _dispatch._compiled_module()
+    info["pydiffuse_C"] = (
+        {k: getattr(module, k, None) for k in ("with_cuda", "cuda_archs", "compiler")}
+        if module is not None else {"error": why})
+    return info
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def _inputs(count: int, shape, dtype, device, seed: int = 0) -> list[torch.Tensor]:
+    gen = torch.Generator(device=device).manual_seed(seed)
+    return [torch.randn(shape, generator=gen, device=device, dtype=dtype) for _ in range(count)]
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def _row(op, backend, dtype_name, shape, nbytes, times=None, error=None, **extra) -> dict:
+    row = {"op": op, "backend": backend, "dtype": dtype_name, "shape": list(shape),
+           "numel": math.prod(shape), "bytes": nbytes, "error": error, **extra}
+    if times:
+        row.update(_summary(times))
+        row["gbps"] = nbytes / 1e9 / (row["median_ms"] / 1e3)
+    return row
+
+
+def bench_case(op, case, shape, dtype, device, budget, backends, notes, bar) -> list[dict]:
+    """The rows of one case: eager, torch.compile, then each backend; failures become 'n/a'."""
+    torch_dtype = DTYPES[dtype]
+    nbytes = (case.reads + case.writes) * math.prod(shape) * torch_dtype.itemsize
+    args = _inputs(case.reads, shape, torch_dtype, device, seed=1)
+    rows, expected = {}, None
+
+    def measure(name, fn, **extra):
+        bar.set_postfix_str(f"{op} {name}")
+        load = OtherLoad()
+        try:
+            rows[name] = _row(op, name, dtype, shape, nbytes,
+                              time_call(fn, args, device, budget, load),
+                              other_cpu_load=load.value, **extra)
+        except Exception as err:  # noqa: BLE001 - a benchmark reports, it does not crash
+            rows[name] = _row(op, name, dtype, shape, nbytes, error=_short(err))
+        bar.update()
+
+    try:
+        expected = case.eager(*args)
+    except Exception:  # noqa: BLE001 - reported by measure()
+        pass
+    measure("eager", case.eager)
+    try:  # the first call compiles
+        t0 = time.perf_counter()
+        compiled = torch.compile(case.eager)
+        compiled(*args)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        compile_s = time.perf_counter() - t0
+    except Exception as err:  # noqa: BLE001
+        rows["compile"] = _row(op, "compile", dtype, shape, nbytes, error=_short(err))
+        bar.update()
+    else:
+        measure("compile", compiled, compile_s=compile_s)
+    for name in backends:
+        with ops.backend(name):
+            try:
+                result = case.fused(*args)
+            except Exception as err:  # noqa: BLE001
+                rows[name] = _row(op, name, dtype, shape, nbytes, error=_short(err))
+                bar.update()
+                continue
+            rel = _rel_err(result, expected) if case.comparable and expected is not None else None
+            del result
+            measure(name, case.fused, rel_err_vs_eager=rel, about=case.about)
+        tol = 1e-5 if torch_dtype == torch.float32 else 2e-2
+        if rel is not None and not rel <= tol:
+            notes.append(f"{op} [{name}] differs from eager: relative error {rel:.2e}")
+
+    eager_ms, compile_ms = rows["eager"].get("median_ms"), rows["compile"].get("median_ms")
+    for row in rows.values():
+        ms = row.get("median_ms")
+        row["x_eager"] = eager_ms / ms if ms and eager_ms else None
+        row["x_compile"] = compile_ms / ms if ms and compile_ms else None
+        if row["error"]:
+            notes.append(f"{op} [{row['backend']}] n/a: {row['error']}")
+    return list(rows.values())
+
+
+def run(ops_names=CASE_NAMES, *, dtype="float32", device=None, quick=False, shape=None) -> dict:
+    """Runs the benchmark and returns every number (the JSON report).
+
+    Args:
+        ops_names: case names (``CASE_NAMES``).
+        dtype: "float32", "bfloat16" or "float16".
+        device: "cpu", "cuda" or None (cuda when available).
+        quick: small size and few repeats.
+        shape: overrides the size ([B, C, H, W] or any [B, ...]).
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA device is visible to torch")
+    torch_dtype = DTYPES[dtype]
+    shape = tuple(shape or (QUICK_SHAPE if quick else FULL_SHAPE))
+    budget = QUICK if quick else FULL
+    numel, itemsize = math.prod(shape), torch_dtype.itemsize
+    cases = make_cases(shape, torch_dtype, device)
+    unknown = [n for n in ops_names if n not in cases]
+    if unknown:
+        raise ValueError(f"unknown op(s) {unknown}; choose from {', '.join(cases)}")
+    backends, notes = [], []
+    for name in COMPILED_BACKENDS.get(device.type, ()):
+        why = _dispatch.unavailable_reason(name, device.type)
+        (notes.append(f"backend {name} skipped: {why}") if why else backends.append(name))
+
+    report = {"machine": machine_info(), "device": str(device), "dtype": dtype,
+              "shape": list(shape), "quick": quick, "budget": dataclasses.asdict(budget),
+              "backends": backends, "rows": [], "notes": notes}
+
+    # The ceiling: copy into a preallocated tensor of the same size, in this run.
+    src, dst = _inputs(2, shape, torch_dtype, device)
+    copy_bytes, load = 2 * numel * itemsize, OtherLoad()
+    copy = _summary(time_call(dst.copy_, (src,), device, budget, load))
+    clone = _summary(time_call(src.clone, (), device, budget))
+    report["copy"] = {"bytes": copy_bytes, **copy, "other_cpu_load": load.value,
+                      "gbps": copy_bytes / 1e9 / (copy["median_ms"] / 1e3),
+                      "clone_median_ms": clone["median_ms"],
+                      "clone_gbps": copy_bytes / 1e9 / (clone["median_ms"] / 1e3)}
+    del src, dst
+
+    from tqdm.auto import tqdm
+    bar = tqdm(total=len(ops_names) * (2 + len(backends)), desc="bench", unit="run",
+               leave=False, file=sys.stderr, disable=None)
+    for op in ops_names:
+        report["rows"] += bench_case(op, cases[op], shape, dtype, device, budget, backends,
+                                     notes, bar)
+    bar.close()
+    for row in report["rows"]:
+        row["pct_copy_bw"] = (100 * row["gbps"] / report["copy"]["gbps"]
+                              if row.get("gbps") else None)
+    loads = [r.get("other_cpu_load") for r in report["rows"] + [report["copy"]]]
+    busy = max((v for v in loads if v is not None), default=0.0)
+    if busy > LOAD_WARNING and device.type == "cpu":
+        notes.append(f"* other processes used up to {100 * busy:.0f}% of the CPUs while this run "
+                     "timed the starred rows (or the copy): those CPU timings are slow and noisy; "
+                     "rerun on a quiet machine")
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+
+def _size(shape) -> str:
+    n = math.prod(shape)
+    return f"{n / 2**20:.1f}M" if n >= 2**20 else f"{n / 2**10:.0f}K" if n >= 2**10 else str(n)
+
+
+def format_table(report: dict) -> str:
+    """The aligned table, with the machine and the copy bandwidth above it and notes below."""
+    m, c = report["machine"], report["copy"]
+    loads = [r.get("other_cpu_load") or 0.0 for r in report["rows"]]
+    any_star = report["device"] == "cpu" and max(loads, default=0.0) > LOAD_WARNING
+
+    def starred(r):  # rows timed while other processes used the CPUs
+        load = r.get("other_cpu_load") if report["device"] == "cpu" else None
+        return " *" if load is not None and load > LOAD_WARNING else "  " if any_star else ""
+
+    def cell(value, fmt):
+        return "n/a" if value is None else format(value, fmt)
+
+    where = m["gpu"] if report["device"].startswith("cuda") else (
+        f"{m['cpu']}, {m['cpu_count']} cores, {m['torch_threads']} torch threads")
+    lines = [
+        f"pydiffuse {m['pydiffuse']} bench on {report['device']} ({where}); torch {m['torch']}, "
+        f"triton {m['triton']}; {m['date']}",
+        f"shape {'x'.join(map(str, report['shape']))} {report['dtype']}; copy bandwidth "
+        f"(dst.copy_(src), preallocated, same size): {c['gbps']:.1f} GB/s "
+        f"[{c['median_ms']:.3f} ms]{starred(c).rstrip()}; "
+        f"clone (allocating): {c['clone_gbps']:.1f} GB/s",
+        "",
+    ]
+    header = ("op", "backend", "dtype", "size", "median ms", "GB/s", "% copy BW", "x eager",
+              "x compile")
+
+    body = [(r["op"], r["backend"], r["dtype"], _size(r["shape"]),
+             cell(r.get("median_ms"), ".3f") + starred(r), cell(r.get("gbps"), ".1f"),
+             cell(r.get("pct_copy_bw"), ".0f"), cell(r.get("x_eager"), ".2f"),
+             cell(r.get("x_compile"), ".2f")) for r in report["rows"]]
+    widths = [max(len(row[i]) for row in [header] + body) for i in range(len(header))]
+    left = 2  # op and backend are left-aligned, numbers right-aligned
+
+    def fmt(row):
+        return "  ".join(v.ljust(w) if i < left else v.rjust(w)
+                         for i, (v, w) in enumerate(zip(row, widths))).rstrip()
+
+    lines += [fmt(header), fmt(["-" * w for w in widths])]
+    previous = None
+    for row in body:
+        if previous is not None and row[0] != previous:
+            lines.append("")
+        lines.append(fmt(row))
+        previous = row[0]
+    lines += ["", "bytes: each input read once, each output written once; GB/s = bytes / median; "
+              "x eager, x compile = their median / this median."]
+    abouts = {r["op"]: r.get("about") for r in report["rows"] if r.get("about")}
+    lines += [f"{op}: {about}" for op, about in abouts.items()]
+    lines += [f"note: {n}" for n in report["notes"]]
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: str) -> None:
+    """Bar charts: speedup over eager and torch.compile; % of copy bandwidth."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fused = [r for r in report["rows"] if r["backend"] not in ("eager", "compile")]
+    names = [f"{r['op']}\n[{r['backend']}]" for r in fused]
+    pos = range(len(fused))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(fused)), 4.5))
+    width = 0.4
+    ax1.bar([p - width / 2 for p in pos], [r["x_eager"] or math.nan for r in fused], width,
+            label="x eager")
+    ax1.bar([p + width / 2 for p in pos], [r["x_compile"] or math.nan for r in fused], width,
+            label="x torch.compile")
+    ax1.axhline(1.0, color="k", lw=0.8)
+    ax1.set_yscale("log")
+    ax1.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))
+    ax1.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax1.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax1.set_ylabel("speedup (higher is faster, log scale)")
+    ax1.legend()
+    rows_by = {(r["op"], r["backend"]): r for r in report["rows"]}
+    width = 0.27
+    for k, who in enumerate(("eager", "compile", None)):
+        values = [(rows_by.get((r["op"], who)) if who else r) for r in fused]
+        ax2.bar([p + (k - 1) * width for p in pos], [(v or {}).get("pct_copy_bw") or math.nan
+                                                     for v in values],
+                width, label=who or "pydiffuse")
+    ax2.axhline(100.0, color="k", lw=0.8)
+    ax2.set_ylabel("% of copy bandwidth")
+    ax2.legend()
+    for ax in (ax1, ax2):
+        ax.set_xticks(list(pos), names, rotation=45, ha="right", fontsize=8)
+    m = report["machine"]
+    device = m["gpu"] if report["device"].startswith("cuda") else m["cpu"]
+    fig.suptitle(f"pydiffuse bench: {'x'.join(map(str, report['shape']))} {report['dtype']} "
+                 f"on {device}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true",
+                        help=f"small size {'x'.join(map(str, QUICK_SHAPE))}, few repeats")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
+    parser.add_argument("--ops", default=",".join(CASE_NAMES),
+                        help=f"comma-separated, from: {', '.join(CASE_NAMES)}")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                        help="default: cuda when available, else cpu")
+    parser.add_argument("--shape", default=None,
+                        help=f"e.g. 16,4,512,512 (default {','.join(map(str, FULL_SHAPE))})")
+    parser.add_argument("--json", metavar="FILE", help="write every number and the machine")
+    parser.add_argument("--plot", metavar="FILE.png", help="bar chart (needs matplotlib)")
+
+
+def run_from_args(args: argparse.Namespace) -> dict:
+    names = [n.strip() for n in args.ops.split(",") if n.strip()]
+    try:
+        shape = [int(d) for d in args.shape.split(",")] if args.shape else None
+    except ValueError:
+        raise ValueError(f"--shape must be comma-separated ints, got {args.shape!r}") from None
+    t0 = time.perf_counter()
+    report = run(names, dtype=args.dtype, device=args.device, quick=args.quick, shape=shape)
+    report["wall_s"] = time.perf_counter() - t0
+    print(format_table(report))
+    print(f"(benchmark wall time {report['wall_s']:.1f} s)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+        print(f"wrote {args.json}")
+    if args.plot:
+        try:
+            plot(report, args.plot)
+            print(f"wrote {args.plot}")
+        except ImportError as err:
+            print(f"no plot: {err} (pip install matplotlib)")
+        except Exception as err:  # noqa: BLE001 - the numbers above are what matters
+            print(f"no plot: {_short(err)}")
+    return report
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        run_from_args(args)
+    except (ValueError, RuntimeError) as err:
+        parser.exit(2, f"pydiffuse bench: {err}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
