@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "common/step.h"
+#include "cpu/output_pool.h"
 #include "torch_utils.h"
 
 namespace pydiffuse {
@@ -15,9 +16,11 @@ inline OptTensor contiguous_as(const OptTensor& t, at::MemoryFormat format) {
   return t ? OptTensor(t->contiguous(format)) : std::nullopt;
 }
 
-// An output laid out like x, or an empty tensor when not wanted.
+// An output laid out like x (CPU outputs from cpu/output_pool.h), or empty when not wanted.
 inline at::Tensor output_like(const at::Tensor& x, at::MemoryFormat format, bool wanted = true) {
-  return wanted ? at::empty_like(x, x.options(), format) : x.new_empty({0});
+  if (!wanted) return x.new_empty({0});
+  return x.is_cpu() ? cpu::empty_output(x.sizes(), x.scalar_type(), format)
+                    : at::empty_like(x, x.options(), format);
 }
 
 struct SampleStepInputs {
@@ -90,7 +93,8 @@ inline LangevinInputs prepare_langevin_step(const at::Tensor& x, const at::Tenso
 inline at::Tensor prepare_randn(const at::Tensor& seeds, at::IntArrayRef shape,
                                 at::ScalarType dtype) {
   TORCH_CHECK(!shape.empty(), "pydiffuse: randn needs a shape with a batch dimension");
-  auto out = at::empty(shape, seeds.options().dtype(dtype));
+  auto out = seeds.is_cpu() ? cpu::empty_output(shape, dtype, at::MemoryFormat::Contiguous)
+                            : at::empty(shape, seeds.options().dtype(dtype));
   check_float(out, "randn's dtype");
   check_seeds(seeds, out.size(0), out);
   return out;

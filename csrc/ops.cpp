@@ -3,6 +3,7 @@
 // Backends attach with TORCH_LIBRARY_IMPL from csrc/cpu/*.cpp and csrc/cuda_bindings.cpp.
 #include <pybind11/pybind11.h>
 
+#include "cpu/output_pool.h"
 #include "torch_utils.h"
 
 namespace pydiffuse {
@@ -71,4 +72,6 @@ PYBIND11_MODULE(_C, module) {
 #endif
   module.attr("cuda_archs") = PYDIFFUSE_CUDA_ARCHS;
   module.attr("compiler") = PYDIFFUSE_COMPILER;
+  module.def("release_cached_outputs", &pydiffuse::cpu::release_cached_outputs,
+             "Free the CPU output cache (csrc/cpu/output_pool.h); returns the bytes released.");
 }

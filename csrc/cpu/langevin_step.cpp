@@ -1,6 +1,7 @@
 // pydiffuse::langevin_step on the CPU. Plain: one pass. SNR-adaptive (score-SDE corrector): a
-// first pass sums |score|^2 and |z|^2 per chunk (the noise stream is generated, not stored), the
-// per-sample step sizes follow, and a second pass regenerates z and writes the step.
+// first pass sums |score|^2 and |z|^2 per chunk, the per-sample step sizes follow, and a second
+// pass writes the step. The first pass keeps the noise stream it draws in a float32 buffer: on
+// the CPU, drawing it again costs about three times the buffer's memory traffic.
 #include <cmath>
 #include <vector>
 
@@ -41,16 +42,22 @@ struct LangevinArgs {
   const int64_t* seeds;
   bool per_sample_seeds;
   int64_t step;
+  float* noise_store;  // [B, per_sample] in x's memory order, or null
+  bool noise_stored;   // noise_store holds the stream
 };
 
-// The chunk's noise as float32: the given tensor, or the stream regenerated into `buffer`.
+// The chunk's noise as float32: the given tensor, the stored stream, or the stream drawn into
+// `buffer` (or into the store, when there is one).
 template <typename scalar_t>
 const float* chunk_noise(const LangevinArgs& a, const scalar_t* noise, int64_t b, int64_t m_begin,
                          int64_t count, float* buffer) {
-  if (noise) return load_f32(noise + b * a.g.per_sample + m_begin, count, buffer);
-  fill_noise(buffer, m_begin, count, a.g, noise_key(a.seeds, a.per_sample_seeds, b),
+  const int64_t base = b * a.g.per_sample + m_begin;
+  if (noise) return load_f32(noise + base, count, buffer);
+  if (a.noise_stored) return a.noise_store + base;
+  float* z = a.noise_store ? a.noise_store + base : buffer;
+  fill_noise(z, m_begin, count, a.g, noise_key(a.seeds, a.per_sample_seeds, b),
              static_cast<uint32_t>(a.step));
-  return buffer;
+  return z;
 }
 
 // e_b = 2 * step_size_b * (snr_b * |z| / |score|)^2, norms per sample or batch-averaged.
@@ -111,15 +118,21 @@ std::tuple<at::Tensor, at::Tensor> langevin_step_cpu(
     bool return_mean) {
   auto in = prepare_langevin_step(x, score, coefs, noise, seeds, return_mean);
   if (in.x.numel() == 0) return {in.next, in.mean};
-  const LangevinArgs a{in.g, in.coefs.data_ptr<float>(),
-                       in.seeds ? in.seeds->data_ptr<int64_t>() : nullptr,
-                       in.seeds && in.seeds->numel() > 1, step};
+  const bool store_noise = adaptive && !in.noise;
+  const auto noise_store = store_noise ? cpu::empty_output(in.x.sizes(), at::kFloat,
+                                                           kernel_format(in.x))
+                                       : at::Tensor();
+  LangevinArgs a{in.g, in.coefs.data_ptr<float>(),
+                 in.seeds ? in.seeds->data_ptr<int64_t>() : nullptr,
+                 in.seeds && in.seeds->numel() > 1, step,
+                 store_noise ? noise_store.data_ptr<float>() : nullptr, false};
   const int64_t batch = in.g.batch;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.x.scalar_type(), "langevin", [&] {
     const scalar_t* noise_ptr = in.noise ? in.noise->data_ptr<scalar_t>() : nullptr;
     const scalar_t* score_ptr = in.score.data_ptr<scalar_t>();
     std::vector<float> e(a.coefs + kStepSize * batch, a.coefs + (kStepSize + 1) * batch);
     if (adaptive) e = adaptive_step_sizes(a, score_ptr, noise_ptr, per_sample_norm);
+    a.noise_stored = store_noise;
     langevin_kernel<scalar_t>(a, e.data(), in.x.data_ptr<scalar_t>(), score_ptr, noise_ptr,
                               in.next.data_ptr<scalar_t>(),
                               return_mean ? in.mean.data_ptr<scalar_t>() : nullptr);
