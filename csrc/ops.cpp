@@ -52,6 +52,22 @@ TORCH_LIBRARY(pydiffuse, m) {
       "langevin_step(Tensor x, Tensor score, Tensor coefs, bool adaptive, bool per_sample_norm, "
       "Tensor? noise, Tensor? seeds, int step, bool return_mean) -> (Tensor, Tensor)");
   m.def("randn(Tensor seeds, SymInt[] shape, int step, ScalarType dtype) -> Tensor");
+  // y = act((GN(x) * weight + bias) * (1 + scale) + shift); also returns mean, rstd [B, G] fp32.
+  m.def(
+      "group_norm(Tensor x, int num_groups, Tensor? weight, Tensor? bias, Tensor? scale, "
+      "Tensor? shift, float eps, bool silu) -> (Tensor, Tensor, Tensor)");
+  // (grad_x, grad_weight [C], grad_bias [C], grad_scale [B, C], grad_shift [B, C]); a gradient of
+  // an absent parameter is an empty tensor.
+  m.def(
+      "group_norm_backward(Tensor grad_y, Tensor x, Tensor mean, Tensor rstd, int num_groups, "
+      "Tensor? weight, Tensor? bias, Tensor? scale, Tensor? shift, bool silu) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // out = softmax(q k^T scale) v for [B, H, N, D]; also returns lse [B, H, Nq] fp32 (natural log
+  // of the softmax denominator of the scaled scores).
+  m.def("attention(Tensor q, Tensor k, Tensor v, float scale) -> (Tensor, Tensor)");
+  m.def(
+      "attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
+      "float scale) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(pydiffuse, Meta, m) {
