@@ -46,7 +46,10 @@ STEP_SIZE, SNR = 1e-3, 0.16
 @dataclasses.dataclass
 class Case:
     """One benchmarked op: its inputs (how many shape-sized tensors it reads and writes) and the
-    fused call, the eager expression, and whether their results can be compared."""
+    fused call, the eager expression, and whether their results can be compared. A case with
+    its own ``shape`` (and ``quick_shape``) makes its inputs with ``inputs(shape, dtype,
+    device)``; ``flops`` counts its arithmetic where that, not memory, is the limit;
+    ``compiled`` builds its torch.compile baseline (default: torch.compile of ``eager``)."""
 
     reads: int
     writes: int
@@ -54,6 +57,65 @@ class Case:
     eager: Callable
     comparable: bool = True  # False where fused and eager draw different noise
     about: str = ""
+    shape: tuple | None = None
+    quick_shape: tuple | None = None
+    inputs: Callable | None = None
+    flops: Callable | None = None
+    compiled: Callable | None = None
+
+
+def _backward_runner(forward: Callable) -> Callable:
+    """A call that times the backward pass alone: the graph of ``forward`` is built on the first
+    call and differentiated again on every call (retain_graph); returns the gradients, flat."""
+    graph = {}
+
+    def run(*args):
+        if "y" not in graph:
+            graph["y"] = forward(*args)
+            graph["dy"] = torch.randn_like(graph["y"])
+        leaves = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+        grads = torch.autograd.grad(graph["y"], leaves, graph["dy"], retain_graph=True)
+        return torch.cat([g.flatten().float() for g in grads])
+
+    return run
+
+
+GN_SHAPE, GN_QUICK_SHAPE, GN_GROUPS = (16, 128, 32, 32), (4, 64, 16, 16), 32
+ATTN_SHAPE, ATTN_QUICK_SHAPE = (8, 4, 1024, 64), (2, 2, 256, 64)
+
+
+def _group_norm_inputs(shape, dtype, device, requires_grad=False):
+    """x [B, C, H, W]; weight, bias [C]; AdaGN scale, shift [B, C]."""
+    gen = torch.Generator(device=device).manual_seed(2)
+    batch, channels = shape[:2]
+    tensors = [torch.randn(s, generator=gen, device=device, dtype=dtype) for s in
+               (shape, (channels,), (channels,), (batch, channels), (batch, channels))]
+    return [t.requires_grad_(requires_grad) for t in tensors]
+
+
+def _group_norm_fused(x, weight, bias, scale, shift):
+    return ops.group_norm(x, GN_GROUPS, weight, bias, scale=scale, shift=shift, act="silu")
+
+
+def _group_norm_eager(x, weight, bias, scale, shift):
+    y = torch.nn.functional.group_norm(x, GN_GROUPS, weight, bias)
+    return torch.nn.functional.silu(y * (1 + scale[:, :, None, None]) + shift[:, :, None, None])
+
+
+def _attention_inputs(shape, dtype, device, requires_grad=False):
+    gen = torch.Generator(device=device).manual_seed(3)
+    return [torch.randn(shape, generator=gen, device=device, dtype=dtype)
+            .requires_grad_(requires_grad) for _ in range(3)]
+
+
+def _attention_flops(shape, backward=False):
+    """2 matmuls of B H N N D multiply-adds forward; 5 (with the recomputed scores) backward."""
+    batch, heads, n, d = shape
+    return (5 if backward else 2) * 2 * batch * heads * n * n * d
+
+
+def _grad_inputs(make):
+    return lambda shape, dtype, device: make(shape, dtype, device, requires_grad=True)
 
 
 def _step_eager(x, o, z):
@@ -112,6 +174,29 @@ def make_cases(shape, dtype, device) -> dict[str, Case]:
         "randn": Case(0, 1, lambda: ops.randn(list(shape), 0, 1, **like),
                       lambda: torch.randn(shape, **like), comparable=False,
                       about="the noise stream vs torch.randn"),
+        "group_norm": Case(
+            1, 1, _group_norm_fused, _group_norm_eager, shape=GN_SHAPE, quick_shape=GN_QUICK_SHAPE,
+            inputs=_group_norm_inputs, about=f"GN({GN_GROUPS} groups) + AdaGN + SiLU, forward"),
+        "group_norm_bwd": Case(
+            2, 1, _backward_runner(_group_norm_fused), _backward_runner(_group_norm_eager),
+            shape=GN_SHAPE, quick_shape=GN_QUICK_SHAPE,
+            inputs=_grad_inputs(_group_norm_inputs),
+            compiled=lambda: _backward_runner(torch.compile(_group_norm_eager)),
+            about="its backward (all five gradients)"),
+        "attention": Case(
+            3, 1, lambda q, k, v: ops.attention(q, k, v),
+            torch.nn.functional.scaled_dot_product_attention, shape=ATTN_SHAPE,
+            quick_shape=ATTN_QUICK_SHAPE, inputs=_attention_inputs, flops=_attention_flops,
+            about="[B, H, N, D] forward; eager = F.scaled_dot_product_attention"),
+        "attention_bwd": Case(
+            4, 3, _backward_runner(lambda q, k, v: ops.attention(q, k, v)),
+            _backward_runner(torch.nn.functional.scaled_dot_product_attention),
+            shape=ATTN_SHAPE, quick_shape=ATTN_QUICK_SHAPE,
+            inputs=_grad_inputs(_attention_inputs),
+            flops=lambda shape: _attention_flops(shape, backward=True),
+            compiled=lambda: _backward_runner(
+                torch.compile(torch.nn.functional.scaled_dot_product_attention)),
+            about="its backward (dq, dk, dv)"),
     }
 
 
@@ -293,17 +378,23 @@ def _row(op, backend, dtype_name, shape, nbytes, times=None, error=None, **extra
 def bench_case(op, case, shape, dtype, device, budget, backends, notes, bar) -> list[dict]:
     """The rows of one case: eager, torch.compile, then each backend; failures become 'n/a'."""
     torch_dtype = DTYPES[dtype]
+    if case.shape is not None:
+        shape = case.quick_shape if budget is QUICK else case.shape
     nbytes = (case.reads + case.writes) * math.prod(shape) * torch_dtype.itemsize
-    args = _inputs(case.reads, shape, torch_dtype, device, seed=1)
+    args = (case.inputs(shape, torch_dtype, device) if case.inputs
+            else _inputs(case.reads, shape, torch_dtype, device, seed=1))
+    flops = case.flops(shape) if case.flops else None
     rows, expected = {}, None
 
     def measure(name, fn, **extra):
         bar.set_postfix_str(f"{op} {name}")
         load = OtherLoad()
         try:
-            rows[name] = _row(op, name, dtype, shape, nbytes,
-                              time_call(fn, args, device, budget, load),
-                              other_cpu_load=load.value, **extra)
+            times = time_call(fn, args, device, budget, load)
+            rows[name] = _row(op, name, dtype, shape, nbytes, times, other_cpu_load=load.value,
+                              **extra)
+            if flops:
+                rows[name]["tflops"] = flops / 1e12 / statistics.median(times)
         except Exception as err:  # noqa: BLE001 - a benchmark reports, it does not crash
             rows[name] = _row(op, name, dtype, shape, nbytes, error=_short(err))
         bar.update()
@@ -315,7 +406,7 @@ def bench_case(op, case, shape, dtype, device, budget, backends, notes, bar) -> 
     measure("eager", case.eager)
     try:  # the first call compiles
         t0 = time.perf_counter()
-        compiled = torch.compile(case.eager)
+        compiled = case.compiled() if case.compiled else torch.compile(case.eager)
         compiled(*args)
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -414,11 +505,6 @@ def run(ops_names=CASE_NAMES, *, dtype="float32", device=None, quick=False, shap
 # Output
 
 
-def _size(shape) -> str:
-    n = math.prod(shape)
-    return f"{n / 2**20:.1f}M" if n >= 2**20 else f"{n / 2**10:.0f}K" if n >= 2**10 else str(n)
-
-
 def format_table(report: dict) -> str:
     """The aligned table, with the machine and the copy bandwidth above it and notes below."""
     m, c = report["machine"], report["copy"]
@@ -443,13 +529,15 @@ def format_table(report: dict) -> str:
         f"clone (allocating): {c['clone_gbps']:.1f} GB/s",
         "",
     ]
-    header = ("op", "backend", "dtype", "size", "median ms", "GB/s", "% copy BW", "x eager",
-              "x compile")
+    header = ("op", "backend", "dtype", "size", "median ms", "GB/s", "% copy BW", "TFLOP/s",
+              "x eager", "x compile")
 
-    body = [(r["op"], r["backend"], r["dtype"], _size(r["shape"]),
+    body = [(r["op"], r["backend"], r["dtype"], "x".join(map(str, r["shape"])),
              cell(r.get("median_ms"), ".3f") + starred(r), cell(r.get("gbps"), ".1f"),
-             cell(r.get("pct_copy_bw"), ".0f"), cell(r.get("x_eager"), ".2f"),
-             cell(r.get("x_compile"), ".2f")) for r in report["rows"]]
+             cell(r.get("pct_copy_bw"), ".0f"),
+             cell(r.get("tflops"), ".3f") if r.get("tflops") else "-",
+             cell(r.get("x_eager"), ".2f"), cell(r.get("x_compile"), ".2f"))
+            for r in report["rows"]]
     widths = [max(len(row[i]) for row in [header] + body) for i in range(len(header))]
     left = 2  # op and backend are left-aligned, numbers right-aligned
 
@@ -465,6 +553,7 @@ def format_table(report: dict) -> str:
         lines.append(fmt(row))
         previous = row[0]
     lines += ["", "bytes: each input read once, each output written once; GB/s = bytes / median; "
+              "TFLOP/s for attention (matmul FLOPs); "
               "x eager, x compile = their median / this median."]
     abouts = {r["op"]: r.get("about") for r in report["rows"] if r.get("about")}
     lines += [f"{op}: {about}" for op, about in abouts.items()]
