@@ -100,4 +100,98 @@ inline at::Tensor prepare_randn(const at::Tensor& seeds, at::IntArrayRef shape,
   return out;
 }
 
+// group_norm's parameters as the kernels read them: float32, C-order (tiny: [C] or [B, C]).
+struct GroupNormParams {
+  OptTensor weight, bias, scale, shift;
+};
+
+inline OptTensor group_norm_param(const OptTensor& t, at::IntArrayRef shape, const at::Tensor& x,
+                                  const char* name) {
+  if (!t) return std::nullopt;
+  TORCH_CHECK(t->sizes() == shape, "pydiffuse: group_norm's ", name, " has shape ", t->sizes(),
+              ", expected ", shape);
+  check_float(*t, name);
+  TORCH_CHECK(t->device() == x.device(), "pydiffuse: ", name, " is on ", t->device(), ", x on ",
+              x.device());
+  return t->to(at::kFloat).contiguous();
+}
+
+inline GroupNormParams prepare_group_norm_params(const at::Tensor& x, const OptTensor& weight,
+                                                 const OptTensor& bias, const OptTensor& scale,
+                                                 const OptTensor& shift) {
+  const int64_t c = x.size(1);
+  return {group_norm_param(weight, {c}, x, "weight"), group_norm_param(bias, {c}, x, "bias"),
+          group_norm_param(scale, {x.size(0), c}, x, "scale"),
+          group_norm_param(shift, {x.size(0), c}, x, "shift")};
+}
+
+inline void check_group_norm_input(const at::Tensor& x, int64_t num_groups) {
+  check_float(x, "x");
+  TORCH_CHECK(x.dim() >= 2, "pydiffuse: group_norm needs x of shape [B, C, *spatial], got ",
+              x.sizes());
+  TORCH_CHECK(num_groups > 0 && x.size(1) % num_groups == 0, "pydiffuse: group_norm: ",
+              x.size(1), " channels do not split into ", num_groups, " groups");
+}
+
+struct GroupNormInputs {
+  Geometry g;
+  int64_t groups;
+  at::Tensor x, y, mean, rstd;  // y in x's kernel layout; mean, rstd [B, G] float32
+  GroupNormParams p;
+};
+
+inline GroupNormInputs prepare_group_norm(const at::Tensor& x, int64_t num_groups,
+                                          const OptTensor& weight, const OptTensor& bias,
+                                          const OptTensor& scale, const OptTensor& shift) {
+  check_group_norm_input(x, num_groups);
+  const auto format = kernel_format(x);
+  const auto xc = x.contiguous(format);
+  auto mean = at::empty({x.size(0), num_groups}, x.options().dtype(at::kFloat));
+  return {geometry_of(x, format), num_groups, xc, output_like(xc, format), mean,
+          at::empty_like(mean), prepare_group_norm_params(x, weight, bias, scale, shift)};
+}
+
+struct GroupNormBackwardInputs {
+  Geometry g;
+  int64_t groups;
+  at::Tensor grad_y, x, mean, rstd, grad_x;  // grad_y, grad_x in x's kernel layout
+  GroupNormParams p;
+  // Float32 gradients of the parameters given ([C], [C], [B, C], [B, C]), else undefined;
+  // finish_group_norm_backward casts them to the parameters' dtypes.
+  at::Tensor grad_weight, grad_bias, grad_scale, grad_shift;
+};
+
+inline GroupNormBackwardInputs prepare_group_norm_backward(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& rstd,
+    int64_t num_groups, const OptTensor& weight, const OptTensor& bias, const OptTensor& scale,
+    const OptTensor& shift) {
+  check_group_norm_input(x, num_groups);
+  check_like(grad_y, x, "grad_y");
+  for (const auto* t : {&mean, &rstd}) {
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->dim() == 2 && t->size(0) == x.size(0) &&
+                    t->size(1) == num_groups && t->device() == x.device(),
+                "pydiffuse: group_norm_backward's mean and rstd must be float32 [", x.size(0),
+                ", ", num_groups, "] on x's device, got ", t->scalar_type(), " ", t->sizes());
+  }
+  const auto format = kernel_format(x);
+  const auto xc = x.contiguous(format);
+  auto p = prepare_group_norm_params(x, weight, bias, scale, shift);
+  auto grad_of = [](const OptTensor& t) { return t ? at::empty_like(*t) : at::Tensor(); };
+  return {geometry_of(x, format), num_groups, grad_y.contiguous(format), xc, mean.contiguous(),
+          rstd.contiguous(), output_like(xc, format), p, grad_of(p.weight), grad_of(p.bias),
+          grad_of(p.scale), grad_of(p.shift)};
+}
+
+// (grad_x, grad_weight, grad_bias, grad_scale, grad_shift), each parameter's gradient in that
+// parameter's dtype, or an empty tensor for an absent parameter.
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+finish_group_norm_backward(const GroupNormBackwardInputs& in, const OptTensor& weight,
+                           const OptTensor& bias, const OptTensor& scale, const OptTensor& shift) {
+  auto cast = [&](const at::Tensor& grad, const OptTensor& param) {
+    return param ? grad.to(param->scalar_type()) : in.x.new_empty({0});
+  };
+  return {in.grad_x, cast(in.grad_weight, weight), cast(in.grad_bias, bias),
+          cast(in.grad_scale, scale), cast(in.grad_shift, shift)};
+}
+
 }  // namespace pydiffuse

@@ -40,6 +40,48 @@ at::Tensor randn_meta(const at::Tensor& seeds, c10::SymIntArrayRef shape, int64_
   return at::empty_symint(shape, seeds.options().dtype(dtype));
 }
 
+// out [B, H, Nq, D] C-order in q's dtype; lse [B, H, Nq] float32 (every backend returns these).
+std::tuple<at::Tensor, at::Tensor> attention_meta(const at::Tensor& q, const at::Tensor& k,
+                                                  const at::Tensor& v, double scale) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4,
+              "pydiffuse: attention needs q, k, v of shape [B, H, N, D]");
+  auto lse = at::empty_symint({q.sym_size(0), q.sym_size(1), q.sym_size(2)},
+                              q.options().dtype(at::kFloat));
+  return {at::empty_symint(q.sym_sizes(), q.options()), lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_meta(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& out, const at::Tensor& lse, double scale) {
+  return {at::empty_symint(q.sym_sizes(), q.options()),
+          at::empty_symint(k.sym_sizes(), k.options()),
+          at::empty_symint(v.sym_sizes(), v.options())};
+}
+
+// y in x's kernel layout; mean, rstd [B, G] float32.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_meta(
+    const at::Tensor& x, int64_t num_groups, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& scale,
+    const std::optional<at::Tensor>& shift, double eps, bool silu) {
+  TORCH_CHECK(x.dim() >= 2, "pydiffuse: group_norm needs x of shape [B, C, *spatial]");
+  auto stats = at::empty_symint({x.sym_size(0), c10::SymInt(num_groups)},
+                                x.options().dtype(at::kFloat));
+  return {at::empty_like(x, x.options(), kernel_format(x)), stats, at::empty_like(stats)};
+}
+
+// grad_x in x's kernel layout; each parameter's gradient C-order in its dtype, or empty.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_norm_backward_meta(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& rstd,
+    int64_t num_groups, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& scale,
+    const std::optional<at::Tensor>& shift, bool silu) {
+  auto grad_of = [&](const std::optional<at::Tensor>& t) {
+    return t ? at::empty_symint(t->sym_sizes(), t->options()) : x.new_empty({0});
+  };
+  return {at::empty_like(x, x.options(), kernel_format(x)), grad_of(weight), grad_of(bias),
+          grad_of(scale), grad_of(shift)};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(pydiffuse, m) {
@@ -75,6 +117,10 @@ TORCH_LIBRARY_IMPL(pydiffuse, Meta, m) {
   m.impl("lincomb", &lincomb_meta);
   m.impl("langevin_step", &langevin_step_meta);
   m.impl("randn", &randn_meta);
+  m.impl("group_norm", &group_norm_meta);
+  m.impl("group_norm_backward", &group_norm_backward_meta);
+  m.impl("attention", &attention_meta);
+  m.impl("attention_backward", &attention_backward_meta);
 }
 
 }  // namespace pydiffuse

@@ -4,4 +4,5 @@ Imported as ``pydiffuse.triton_kernels`` (pydiffuse/ops/_dispatch.py); on CPU te
 only under Triton's interpreter (``TRITON_INTERPRET=1`` set before triton is imported).
 """
 
-from . import langevin_step, lincomb, randn, sample_step  # noqa: F401  (register the ops)
+from . import (  # noqa: F401 (register the ops)
+    attention, group_norm, langevin_step, lincomb, randn, sample_step)

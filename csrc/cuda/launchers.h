@@ -68,4 +68,59 @@ cudaError_t launch_langevin_step(const LangevinArgs& a, cudaStream_t stream);
 cudaError_t launch_randn(const Geometry& g, DType dtype, const NoiseStream& rng, void* out,
                          cudaStream_t stream);
 
+// out = softmax(q k^T scale) v, lse = logsumexp(q k^T scale) (natural log) for q [B, H, Nq, D],
+// k, v [B, H, Nk, D] (Nk >= 1), D one of 32, 64, 128. q, k, v are addressed by element strides
+// (batch, head, row) over a dense last dimension, every stride a multiple of 16 bytes and every
+// pointer 16-byte aligned; out [B, H, Nq, D] (q's dtype) and lse [B, H, Nq] are C-order.
+struct AttentionArgs {
+  DType dtype;
+  int64_t batch, heads, n_q, n_k, head_dim;
+  const void *q, *k, *v;
+  int64_t q_strides[3], k_strides[3], v_strides[3];
+  float scale;
+  void* out;
+  float* lse;
+};
+bool attention_supports_head_dim(int64_t head_dim);
+cudaError_t launch_attention(const AttentionArgs& a, cudaStream_t stream);
+
+// Group norm of x [B, C, *spatial] (groups of C / groups channels, every group under 2^31
+// elements): y = act((GN(x) weight + bias) (1 + scale) + shift), act = SiLU when silu.
+// Parameters are float32, C-order, null when absent (weight 1, bias, scale, shift 0).
+struct GroupNormParamPtrs {
+  const float *weight, *bias;  // [C]
+  const float *scale, *shift;  // [B, C]
+};
+struct GroupNormArgs {
+  Geometry g;
+  DType dtype;  // of x and y
+  int64_t groups;
+  float eps;
+  bool silu;
+  GroupNormParamPtrs p;
+  const void* x;
+  void* y;
+  float *mean, *rstd;  // [B, G]; rstd = 1 / sqrt(biased variance + eps)
+  void* scratch;       // group_norm_scratch_bytes(g, groups), 16-byte aligned
+};
+size_t group_norm_scratch_bytes(const Geometry& g, int64_t groups);
+cudaError_t launch_group_norm(const GroupNormArgs& a, cudaStream_t stream);
+
+// grad_x (x's dtype and layout) and float32 parameter gradients, each null when its parameter
+// is absent; SiLU's derivative is recomputed from x, mean, rstd. Deterministic.
+struct GroupNormBackwardArgs {
+  Geometry g;
+  DType dtype;  // of grad_y, x, grad_x
+  int64_t groups;
+  bool silu;
+  GroupNormParamPtrs p;
+  const void *grad_y, *x;
+  const float *mean, *rstd;  // [B, G]
+  void* grad_x;
+  float *grad_weight, *grad_bias, *grad_scale, *grad_shift;
+  void* scratch;  // group_norm_backward_scratch_bytes(g, groups), 16-byte aligned
+};
+size_t group_norm_backward_scratch_bytes(const Geometry& g, int64_t groups);
+cudaError_t launch_group_norm_backward(const GroupNormBackwardArgs& a, cudaStream_t stream);
+
 }  // namespace pydiffuse::cuda

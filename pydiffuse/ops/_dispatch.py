@@ -127,6 +127,10 @@ def available_backends() -> dict[str, str]:
         ok = [d for d in devices if not unavailable_reason(name, d)]
         if ok:
             report[name] = "available on " + ", ".join(ok)
+            if name == "cuda":  # csrc/cuda has attention's forward only
+                why = unavailable_reason("triton", "cuda")
+                report[name] += (" (attention backward runs the Triton kernel" +
+                                 (f", which is unavailable: {why})" if why else ")"))
         else:
             reasons = {unavailable_reason(name, d) for d in devices}
             if name == "cuda" and not torch.cuda.is_available():

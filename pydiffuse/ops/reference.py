@@ -171,3 +171,113 @@ def langevin_step(x, score, coefs, adaptive, per_sample_norm, noise_tensor, seed
     nxt = mean + torch.sqrt(2 * e) * z
     mean_out = mean.to(x.dtype) if return_mean else x.new_empty(0)
     return nxt.to(x.dtype), mean_out
+
+
+def _attention_probs(q, k, scale, upcast):
+    """(probabilities softmax(q kᵀ scale) [B, H, Nq, Nk], lse [B, H, Nq]) in ``upcast`` (or
+    float64 for float64 inputs)."""
+    dtype = torch.promote_types(q.dtype, upcast)
+    scores = torch.matmul(q.to(dtype), k.to(dtype).transpose(-1, -2)) * scale
+    lse = torch.logsumexp(scores, dim=-1)
+    return torch.exp(scores - lse.unsqueeze(-1)), lse
+
+
+def attention(q, k, v, scale, upcast=torch.float32):
+    """out = softmax(q kᵀ · scale) v for q [B, H, Nq, D], k, v [B, H, Nk, D] (Vaswani et al.
+    2017). Returns (out in q's dtype, lse [B, H, Nq] float32: the natural-log log-sum-exp of the
+    scaled scores of each query)."""
+    probs, lse = _attention_probs(q, k, scale, upcast)
+    out = torch.matmul(probs, v.to(probs.dtype))
+    return out.to(q.dtype), lse.to(torch.float32)
+
+
+def attention_backward(grad_out, q, k, v, out, lse, scale, upcast=torch.float32):
+    """(dq, dk, dv) of ``attention``, from P = softmax(q kᵀ scale) recomputed in full:
+    dv = Pᵀ dO;  dP = dO vᵀ;  dS = P ∘ (dP − rowsum(dO ∘ O));  dq = dS k · scale;
+    dk = dSᵀ q · scale. ``out`` and ``lse`` are recomputed here, not read."""
+    probs, _ = _attention_probs(q, k, scale, upcast)
+    dtype = probs.dtype
+    g, vf = grad_out.to(dtype), v.to(dtype)
+    o = torch.matmul(probs, vf)
+    dv = torch.matmul(probs.transpose(-1, -2), g)
+    dp = torch.matmul(g, vf.transpose(-1, -2))
+    ds = probs * (dp - (g * o).sum(dim=-1, keepdim=True))
+    dq = torch.matmul(ds, k.to(dtype)) * scale
+    dk = torch.matmul(ds.transpose(-1, -2), q.to(dtype)) * scale
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+def _grouped(t, num_groups):
+    """[B, C, *spatial] -> [B, G, C / G * spatial]."""
+    return t.reshape(t.shape[0], num_groups, math.prod(t.shape[1:]) // num_groups)
+
+
+def _group_norm_parts(x, num_groups, weight, bias, scale, mean, rstd, dtype):
+    """(xhat, u = xhat * weight + bias, 1 + scale) in ``dtype``, broadcastable to x's shape."""
+    batch, channels = x.shape[:2]
+    grouped = _grouped(x.to(dtype), num_groups)
+    xhat = ((grouped - mean.to(dtype)[..., None]) * rstd.to(dtype)[..., None]).reshape(x.shape)
+    per_channel = [1, channels] + [1] * (x.ndim - 2)
+    per_sample = [batch, channels] + [1] * (x.ndim - 2)
+    u = xhat if weight is None else xhat * weight.to(dtype).reshape(per_channel)
+    u = u if bias is None else u + bias.to(dtype).reshape(per_channel)
+    gain = 1 if scale is None else 1 + scale.to(dtype).reshape(per_sample)
+    return xhat, u, gain
+
+
+def group_norm(x, num_groups, weight, bias, scale, shift, eps, silu, upcast=torch.float32):
+    """y = act((GN(x) * weight + bias) * (1 + scale) + shift) (DESIGN.md, op 4): GN over each
+    group of C / G channels and every spatial position of a sample, biased variance (Wu & He
+    2018); scale, shift [B, C] (AdaGN, Dhariwal & Nichol 2021); act = SiLU when ``silu``.
+    Returns (y in x's dtype, mean [B, G] float32, rstd = 1 / sqrt(var + eps) [B, G] float32);
+    arithmetic in ``upcast`` (float64 for float64 x)."""
+    dtype = torch.promote_types(x.dtype, upcast)
+    grouped = _grouped(x.to(dtype), num_groups)
+    mean = grouped.mean(dim=2)
+    rstd = torch.rsqrt(grouped.var(dim=2, correction=0) + eps)
+    _, u, gain = _group_norm_parts(x, num_groups, weight, bias, scale, mean, rstd, dtype)
+    z = u * gain
+    if shift is not None:
+        z = z + shift.to(dtype).reshape(list(shift.shape) + [1] * (x.ndim - 2))
+    y = torch.nn.functional.silu(z) if silu else z
+    return y.to(x.dtype), mean.to(torch.float32), rstd.to(torch.float32)
+
+
+def group_norm_backward(grad_y, x, mean, rstd, num_groups, weight, bias, scale, shift, silu,
+                        upcast=torch.float32):
+    """The gradients of ``group_norm`` from its saved mean and rstd, by the chain rule
+    (z = u (1 + scale) + shift, u = xhat weight + bias, g = dL/dz = grad_y act'(z)):
+
+    grad_shift = sum_s g;  grad_scale = sum_s g u;  grad_bias = sum_{b,s} g (1 + scale);
+    grad_weight = sum_{b,s} g (1 + scale) xhat;  with gx = g (1 + scale) weight,
+    grad_x = rstd (gx - mean_group(gx) - xhat mean_group(gx xhat)).
+
+    Returns (grad_x, grad_weight [C], grad_bias [C], grad_scale [B, C], grad_shift [B, C]), each in
+    its input's dtype; the gradient of an absent parameter is an empty tensor."""
+    dtype = torch.promote_types(x.dtype, upcast)
+    channels = x.shape[1]
+    xhat, u, gain = _group_norm_parts(x, num_groups, weight, bias, scale, mean, rstd, dtype)
+    g = grad_y.to(dtype)
+    if silu:
+        z = u * gain
+        if shift is not None:
+            z = z + shift.to(dtype).reshape(list(shift.shape) + [1] * (x.ndim - 2))
+        sig = torch.sigmoid(z)
+        g = g * sig * (1 + z * (1 - sig))
+    spatial = tuple(range(2, x.ndim))
+    gu = g * gain
+
+    def reduced(t, dims, like):
+        if like is None:
+            return x.new_empty(0)
+        return (t.sum(dim=dims) if dims else t).to(like.dtype)
+
+    grad_shift = reduced(g, spatial, shift)
+    grad_scale = reduced(g * u, spatial, scale)
+    grad_bias = reduced(gu, (0,) + spatial, bias)
+    grad_weight = reduced(gu * xhat, (0,) + spatial, weight)
+    gx = gu if weight is None else gu * weight.to(dtype).reshape([1, channels] + [1] * len(spatial))
+    gx, xg = _grouped(gx, num_groups), _grouped(xhat, num_groups)
+    grad_x = rstd.to(dtype)[..., None] * (gx - gx.mean(dim=2, keepdim=True)
+                                          - xg * (gx * xg).mean(dim=2, keepdim=True))
+    return (grad_x.reshape(x.shape).to(x.dtype), grad_weight, grad_bias, grad_scale, grad_shift)

@@ -1,0 +1,111 @@
+"""``attention``: softmax(q kᵀ · scale) v, flash-style (online softmax, no Nq×Nk matrix), with
+autograd through the backend's own ``attention_backward``."""
+
+import math
+import numbers
+
+import torch
+
+from . import _dispatch
+from ._checks import FLOAT_DTYPES, check_dtype_backend
+
+# Head dims each backend runs; None: any. The GPU kernels are specialised per head dim.
+HEAD_DIMS = {"cpu": None, "reference": None, "cuda": (32, 64, 128), "triton": (32, 64, 128)}
+
+
+def attention(q, k, v, *, scale=None):
+    """Scaled dot-product attention, fused: out = softmax(q kᵀ · scale) v.
+
+    The kernels run the online softmax of FlashAttention (Dao et al. 2022): key blocks stream
+    past a block of queries with a running max and sum, so no [Nq, Nk] matrix is stored; the
+    backward pass recomputes it block by block from the saved log-sum-exp.
+
+    Args:
+        q: [B, H, Nq, D] queries, float32/float16/bfloat16 (accumulation in float32).
+        k, v: [B, H, Nk, D] keys and values, q's dtype and device; Nk >= 1 (Nk may differ
+            from Nq).
+        scale: the factor of the scores; default 1 / sqrt(D).
+
+    Returns:
+        out [B, H, Nq, D] in q's dtype.
+    """
+    _check(q, k, v)
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale):
+        raise TypeError(f"scale must be a finite float, got {scale!r}")
+    name = _dispatch.current_backend(q.device)
+    check_dtype_backend(q, name)
+    dims = HEAD_DIMS[name]
+    if dims is not None and q.shape[-1] not in dims:
+        raise ValueError(f"head dim D = {q.shape[-1]} is not supported by the {name!r} backend; "
+                         f"supported: {', '.join(map(str, dims))}")
+    out, _ = _dispatch.implementation("attention", q.device)(q, k, v, float(scale))
+    return out
+
+
+def _check(q, k, v) -> None:
+    for t, name in ((q, "q"), (k, "k"), (v, "v")):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in FLOAT_DTYPES + (torch.float64,):
+            raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+        if t.ndim != 4:
+            raise ValueError(f"{name} must be [B, H, N, D] (4-d), got shape {list(t.shape)}")
+    for t, name in ((k, "k"), (v, "v")):
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype}, expected q's dtype {q.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"{name} is on {t.device}, q on {q.device}")
+        for dim, what in ((0, "batch B"), (1, "heads H"), (3, "head dim D")):
+            if t.shape[dim] != q.shape[dim]:
+                raise ValueError(f"{name} has {what} = {t.shape[dim]}, q has {q.shape[dim]} "
+                                 f"(q {list(q.shape)}, {name} {list(t.shape)})")
+    if v.shape[2] != k.shape[2]:
+        raise ValueError(f"k and v must have the same number of keys Nk, got k {list(k.shape)} "
+                         f"and v {list(v.shape)}")
+    if k.shape[2] < 1:
+        raise ValueError("attention needs at least one key (Nk >= 1)")
+    if q.shape[-1] < 1:
+        raise ValueError("attention needs a head dim D >= 1")
+
+
+def register_attention_autograd(op_name: str, backward_op) -> None:
+    """Registers the autograd formula of an attention op ``(q, k, v, float scale) -> (out, lse)``.
+
+    Args:
+        op_name: the forward op, e.g. ``"pydiffuse::attention"``, ``"pydiffuse_triton::attention"``.
+        backward_op: ``(grad_out, q, k, v, out, lse, scale) -> (dq, dk, dv)``, e.g.
+            ``torch.ops.pydiffuse.attention_backward``.
+
+    lse (the second output) is not differentiable: its gradient is not propagated.
+    """
+
+    def setup_context(ctx, inputs, output):
+        q, k, v, scale = inputs
+        out, lse = output
+        ctx.mark_non_differentiable(lse)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.scale = scale
+
+    def backward(ctx, grad_out, grad_lse):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = backward_op(grad_out, q, k, v, out, lse, ctx.scale)
+        return dq, dk, dv, None
+
+    torch.library.register_autograd(op_name, backward, setup_context=setup_context)
+
+
+def _attention_backward_cuda(grad_out, q, k, v, out, lse, scale):
+    """pydiffuse::attention_backward on CUDA tensors: the Triton kernels (csrc/cuda has the
+    forward only), loaded on first use."""
+    module, why = _dispatch._triton_module()
+    if module is None:
+        raise RuntimeError(f"pydiffuse: attention's backward on CUDA runs the Triton kernel: {why}")
+    return torch.ops.pydiffuse_triton.attention_backward(grad_out, q, k, v, out, lse, scale)
+
+
+if _dispatch._compiled_module()[0] is not None:
+    register_attention_autograd("pydiffuse::attention", torch.ops.pydiffuse.attention_backward)
+    if _dispatch._compiled_module()[0].with_cuda:
+        torch.library.impl("pydiffuse::attention_backward", "CUDA", _attention_backward_cuda)

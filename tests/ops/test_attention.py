@@ -1,0 +1,240 @@
+"""attention on every backend against the float64 reference: out, lse and the three gradients,
+with FlashAttention's tolerance (a kernel's error at most twice PyTorch's own error in the same
+dtype, plus a small atol); gradcheck, opcheck, bad inputs and torch.compile."""
+
+import math
+
+import pytest
+import torch
+
+from pydiffuse.ops import attention, backend, reference
+from pydiffuse.ops._dispatch import implementation, unavailable_reason
+from tests.conftest import DEVICE, backend_device
+from tests.ops.helpers import DTYPES
+
+# (B, H, Nq, Nk, D): sizes 1, 7, 97, 130; Nq != Nk; several query and key blocks (cpu: 64 x 256).
+SHAPES = ((1, 2, 7, 7, 32), (1, 1, 1, 1, 64), (2, 2, 97, 130, 64), (1, 3, 130, 97, 128),
+          (1, 2, 1, 97, 32), (1, 1, 200, 600, 64))
+# Triton under its interpreter: tiny sizes only.
+INTERPRETED_SHAPES = ((1, 2, 7, 7, 32), (1, 1, 1, 1, 32), (2, 1, 33, 64, 32), (1, 2, 64, 17, 32),
+                      (1, 1, 1, 40, 32), (2, 2, 16, 5, 32))
+LAYOUTS = ("contiguous", "strided", "transposed")
+# atol per dtype, relative to the largest reference value (at least 1).
+ATOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3, torch.float64: 1e-10}
+
+
+def _interpreted(name: str) -> bool:
+    return name == "triton" and DEVICE.type == "cpu"
+
+
+def _shapes(name):
+    return INTERPRETED_SHAPES if _interpreted(name) else SHAPES
+
+
+def _make(shape, dtype, device, layout, generator):
+    """[B, H, N, D] data in a layout: C-order, every other element of the last dim, or the
+    [B, N, H, D] tensor of a projection seen as [B, H, N, D]."""
+    b, h, n, d = shape
+    t = torch.randn(b, n, h, d, generator=generator).to(device=device, dtype=dtype)
+    if layout == "transposed":
+        return t.transpose(1, 2)
+    t = t.transpose(1, 2).contiguous()
+    if layout == "strided":
+        return torch.stack([t, t], dim=-1).flatten(-2)[..., ::2]
+    return t
+
+
+def _inputs(shape, dtype, device, layout, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    b, h, nq, nk, d = shape
+    return [_make(s, dtype, device, layout, g) for s in ((b, h, nq, d), (b, h, nk, d),
+                                                         (b, h, nk, d))]
+
+
+def _forward_backward(q, k, v, grad):
+    """(out, dq, dk, dv) of the public op (the backend in force)."""
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    out = attention(q, k, v)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), grad)
+    return out, dq, dk, dv
+
+
+def _torch_in(q, k, v, grad, dtype, scale=None):
+    """PyTorch's own answer in ``dtype`` (scores, softmax and products in that dtype)."""
+    q, k, v = (t.detach().cpu().to(dtype).requires_grad_() for t in (q, k, v))
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    out, lse = reference.attention(q, k, v, scale, upcast=dtype)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), grad.cpu().to(dtype))
+    return [out, lse, dq, dk, dv]
+
+
+def _check_errors(names, actual, truth, lowp, dtype):
+    for name, a, t, p in zip(names, actual, truth, lowp):
+        assert a.shape == t.shape, f"{name}: shape {list(a.shape)}, expected {list(t.shape)}"
+        err = (a.detach().cpu().double() - t).abs().max().item()
+        torch_err = (p.detach().double() - t).abs().max().item()
+        bound = 2 * torch_err + ATOL[dtype] * max(1.0, t.abs().max().item())
+        assert err <= bound, f"{name}: error {err:.3g} > {bound:.3g} (PyTorch's {torch_err:.3g})"
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("index", range(len(SHAPES)))
+def test_matches_reference(backend_name, index, dtype, layout):
+    shape = _shapes(backend_name)[index]
+    device = backend_device(backend_name)
+    q, k, v = _inputs(shape, dtype, device, layout)
+    grad = torch.randn(q.shape, generator=torch.Generator().manual_seed(1)).to(device, dtype)
+    scale = 1 / math.sqrt(shape[-1])
+    out, dq, dk, dv = _forward_backward(q, k, v, grad)
+    lse = implementation("attention", device)(q, k, v, scale)[1]
+    assert out.dtype == dtype and lse.dtype == torch.float32
+    truth = _torch_in(q, k, v, grad, torch.float64)
+    lowp = _torch_in(q, k, v, grad, dtype)
+    _check_errors(("out", "lse", "dq", "dk", "dv"), (out, lse, dq, dk, dv), truth, lowp, dtype)
+
+
+def test_reference_backward_is_autograd_of_reference():
+    q, k, v = _inputs((2, 3, 9, 13, 8), torch.float64, "cpu", "contiguous")
+    grad = torch.randn(q.shape, dtype=torch.float64)
+    out, lse = reference.attention(q, k, v, 0.4)
+    expected = _torch_in(q, k, v, grad, torch.float64, 0.4)[2:]
+    for got, want in zip(reference.attention_backward(grad, q, k, v, out, lse, 0.4), expected):
+        torch.testing.assert_close(got, want)
+    torch.testing.assert_close(
+        out, torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.4))
+    torch.testing.assert_close(lse, torch.logsumexp(q @ k.transpose(-1, -2) * 0.4, -1).float())
+
+
+def test_gradcheck_float64_reference():
+    q, k, v = (t.requires_grad_() for t in _inputs((1, 2, 5, 7, 4), torch.float64, "cpu",
+                                                     "contiguous"))
+    with backend("reference"):
+        assert torch.autograd.gradcheck(lambda q, k, v: attention(q, k, v, scale=0.7), (q, k, v))
+
+
+def test_float64_needs_reference_backend():
+    q = torch.randn(1, 1, 3, 8, dtype=torch.float64)
+    with backend("cpu"), pytest.raises(TypeError, match="float64"):
+        attention(q, q, q)
+
+
+def test_cpu_any_head_dim_and_blas_path(monkeypatch):
+    """The CPU kernel runs any D; its BLAS fallback (CPUs without AVX-512) gives the same."""
+    q, k, v = _inputs((1, 2, 70, 300, 40), torch.float32, "cpu", "contiguous")
+    grad = torch.randn(q.shape)
+    truth = _torch_in(q, k, v, grad, torch.float64)
+    lowp = _torch_in(q, k, v, grad, torch.float32)
+    for gemm in ("", "blas"):
+        monkeypatch.setenv("PYDIFFUSE_CPU_GEMM", gemm)
+        with backend("cpu"):
+            out, dq, dk, dv = _forward_backward(q, k, v, grad)
+        lse = torch.ops.pydiffuse.attention(q, k, v, 1 / math.sqrt(40))[1]
+        _check_errors(("out", "lse", "dq", "dk", "dv"), (out, lse, dq, dk, dv), truth, lowp,
+                      torch.float32)
+
+
+@pytest.mark.parametrize("name", ["cpu", "reference"])
+def test_empty_queries(name):
+    q = torch.randn(1, 2, 0, 32, requires_grad=True)
+    k = torch.randn(1, 2, 5, 32, requires_grad=True)
+    with backend(name):
+        out = attention(q, k, k)
+    assert out.shape == (1, 2, 0, 32)
+    out.sum().backward()
+    assert k.grad.shape == k.shape and not k.grad.any()
+
+
+@pytest.mark.parametrize("name", ["cuda", "triton"])
+def test_head_dims_of_gpu_backends(name):
+    device = backend_device(name)
+    if unavailable_reason(name, device.type):
+        pytest.skip(unavailable_reason(name, device.type))
+    q = torch.randn(1, 1, 4, 40, device=device)
+    with backend(name), pytest.raises(ValueError, match="head dim D = 40"):
+        attention(q, q, q)
+
+
+BAD_INPUTS = {
+    "3-d q": (lambda t: (t[0], t, t), ValueError, "q must be"),
+    "5-d k": (lambda t: (t, t[None], t), ValueError, "k must be"),
+    "batch": (lambda t: (t, t[:1], t[:1]), ValueError, "batch B"),
+    "heads": (lambda t: (t, t[:, :1], t[:, :1]), ValueError, "heads H"),
+    "head dim": (lambda t: (t, t[..., :4], t[..., :4]), ValueError, "head dim D"),
+    "keys of v": (lambda t: (t, t, t[:, :, :3]), ValueError, "number of keys"),
+    "no keys": (lambda t: (t, t[:, :, :0], t[:, :, :0]), ValueError, "at least one key"),
+    "dtype of k": (lambda t: (t, t.half(), t.half()), TypeError, "k has dtype"),
+    "dtype of v": (lambda t: (t, t, t.bfloat16()), TypeError, "v has dtype"),
+    "integer q": (lambda t: (t.long(), t.long(), t.long()), TypeError, "q must be float32"),
+    "not a tensor": (lambda t: (t, t.tolist(), t), TypeError, "k must be a torch.Tensor"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_inputs(case):
+    make, error, match = BAD_INPUTS[case]
+    with pytest.raises(error, match=match):
+        attention(*make(torch.randn(2, 3, 5, 8)))
+
+
+def test_bad_scale_and_device():
+    t = torch.randn(1, 1, 2, 8)
+    with pytest.raises(TypeError, match="scale"):
+        attention(t, t, t, scale="0.1")
+    with pytest.raises(TypeError, match="scale"):
+        attention(t, t, t, scale=float("nan"))
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="k is on"):
+            attention(t, t.cuda(), t.cuda())
+
+
+def _opcheck_args():
+    q, k, v = (t.requires_grad_() for t in _inputs((2, 2, 9, 13, 32), torch.float32, "cpu",
+                                                     "contiguous"))
+    out, lse = reference.attention(q.detach(), k.detach(), v.detach(), 0.3)
+    return (q, k, v, 0.3), (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out, lse,
+                            0.3)
+
+
+@pytest.mark.parametrize("op", ["attention", "attention_backward"])
+def test_opcheck(op):
+    forward_args, backward_args = _opcheck_args()
+    args = forward_args if op == "attention" else backward_args
+    torch.library.opcheck(getattr(torch.ops.pydiffuse, op).default, args)
+
+
+TRITON_DEVICE = "cuda" if DEVICE.type == "cuda" else "cpu"
+
+
+@pytest.mark.skipif(bool(unavailable_reason("triton", TRITON_DEVICE)),
+                    reason=unavailable_reason("triton", TRITON_DEVICE) or "triton available")
+@pytest.mark.parametrize("op", ["attention", "attention_backward"])
+def test_opcheck_triton(op):
+    """Under the interpreter only the schema and autograd checks (see test_compile.py)."""
+    import pydiffuse.triton_kernels  # noqa: F401  (registers the ops)
+
+    forward_args, backward_args = _opcheck_args()
+    args = forward_args if op == "attention" else backward_args
+    args = tuple(a.detach().to(TRITON_DEVICE).requires_grad_(a.requires_grad)
+                 if isinstance(a, torch.Tensor) else a for a in args)
+    limited = {} if TRITON_DEVICE == "cuda" else {
+        "test_utils": ("test_schema", "test_autograd_registration")}
+    torch.library.opcheck(getattr(torch.ops.pydiffuse_triton, op).default, args, **limited)
+
+
+def _loss(q, k, v):
+    return (attention(q, k, v) * torch.linspace(-1, 1, q.shape[-1], device=q.device)).sum()
+
+
+@pytest.mark.parametrize("backend_name", ["cpu"] + (["cuda", "triton"] if DEVICE.type == "cuda"
+                                                     else []))
+def test_fullgraph_compile_forward_backward(backend_name):
+    device = "cpu" if backend_name == "cpu" else "cuda"
+    inputs = _inputs((2, 2, 33, 20, 32), torch.float32, device, "transposed")
+    with backend(backend_name):
+        eager = [t.detach().requires_grad_() for t in inputs]
+        _loss(*eager).backward()
+        compiled = [t.detach().requires_grad_() for t in inputs]
+        torch.compile(_loss, fullgraph=True)(*compiled).backward()
+    for a, b in zip(compiled, eager):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-5)
