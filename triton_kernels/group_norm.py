@@ -1,7 +1,7 @@
 """pydiffuse_triton::group_norm(_backward): group norm with affine, AdaGN and SiLU, fused.
 
-    y = act((GN(x) w + bias) (1 + scale) + shift) = act(xhat A_c + B_c),
-    xhat = (x - mean_bg) rstd_bg,  A_c = w_c (1 + scale_bc),  B_c = bias_c (1 + scale_bc) + shift_bc.
+    y = act((GN(x) w + bias) (1 + scale) + shift) = act(xhat A + B),  xhat = (x - mean) rstd,
+    A = w (1 + scale),  B = bias (1 + scale) + shift  (per (b, c); mean, rstd per (b, g)).
 
 Group (b, g) of x [B, C, *spatial] is a 2-D view [rows, cols] with unit column stride: [C/G, S]
 (row stride S) in C-order, [S, C/G] (row stride C) channels-last; the channel axis is the rows or
@@ -11,11 +11,12 @@ forward = per-split Welford partials (n, mean, M2) of each group, then a normali
 programs combine their group's partials (Chan et al.) before writing y; backward = per-(b, c)
 sums of g xhat and g (g = dL/d pre) over spatial splits, a deterministic parameter pass
 (fixed-order sums over splits and the batch), and a grad_x pass:
-    grad_x = rstd A g - rstd^2 (x - mean) m2 - rstd m1,  m1 = mean(A g), m2 = mean(A g xhat),
-the means over the group, from the per-channel sums. Statistics and sums in float32.
+    grad_x = rstd (A g - m1 - xhat m2),  m1 = mean(A g),  m2 = mean(A g xhat),
+the means over the group, from the per-channel sums. Statistics and sums in float32, the
+forward's of x minus the group's first element (exact differences near a large mean). Split
+counts aim at a fixed number of programs (4 per SM of an H100), not the device's, so results do
+not depend on the device.
 """
-
-import functools
 
 import torch
 import triton
@@ -31,15 +32,7 @@ FUSED_PROGRAM = 2048  # smaller groups are packed into programs of about this ma
 TILE = 2048  # elements per tile of the streaming passes (4 warps, 16 elements a thread)
 MAX_SPLIT = 64  # most partials per group (forward) or per (b, channel block) (backward)
 PARAM_BLOCK = 64  # channels per program of the parameter-gradient pass
-
-
-@functools.cache
-def _target_programs(device_index: int | None) -> int:
-    """Programs that fill the device a few times over (4 per SM; 132 SMs without a GPU)."""
-    sms = 132
-    if device_index is not None:
-        sms = torch.cuda.get_device_properties(device_index).multi_processor_count
-    return 4 * sms
+TARGET_PROGRAMS = 4 * 132  # splits fill an H100 (132 SMs) four times over
 
 
 def _tile(rows: int, cols: int, limit: int) -> tuple[int, int]:
@@ -48,16 +41,24 @@ def _tile(rows: int, cols: int, limit: int) -> tuple[int, int]:
     return min(triton.next_power_of_2(rows), max(1, limit // bk)), bk
 
 
-def _split(programs: int, tiles: int, device: torch.device) -> tuple[int, int]:
+def _split(programs: int, tiles: int) -> tuple[int, int]:
     """(splits, tiles per split) so that programs * splits fills the device."""
-    target = _target_programs(device.index if device.type == "cuda" else None)
-    split = max(1, min(MAX_SPLIT, tiles, triton.cdiv(target, max(programs, 1))))
+    split = max(1, min(MAX_SPLIT, tiles, triton.cdiv(TARGET_PROGRAMS, max(programs, 1))))
     per_split = triton.cdiv(tiles, split)
     return triton.cdiv(tiles, per_split), per_split
 
 
 def _warps(elements: int) -> int:
     return max(1, min(8, elements // 512))
+
+
+def _tiling(rows: int, cols: int) -> dict:
+    """TILE-element tiles over [rows, cols]: BLOCK_R, BLOCK_K, tiles_k (along cols), tiles,
+    num_warps."""
+    br, bk = _tile(rows, cols, TILE)
+    tiles_k = triton.cdiv(cols, bk)
+    return dict(BLOCK_R=br, BLOCK_K=bk, tiles_k=tiles_k, tiles=triton.cdiv(rows, br) * tiles_k,
+                num_warps=_warps(br * bk))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,7 +127,8 @@ def _groups_coefs(w_ptr, bias_ptr, scale_ptr, shift_ptr, bg, idx, bgs, groups, c
     cmask = (bg < bgs)[:, None] & (idx < cpg)[None, :]
     c = (bg % groups)[:, None] * cpg + idx[None, :]
     return _channel_coefs(w_ptr, bias_ptr, scale_ptr, shift_ptr, c,
-                          bg[:, None] * cpg + idx[None, :], cmask, HAS_W, HAS_B, HAS_SCALE, HAS_SHIFT)
+                          bg[:, None] * cpg + idx[None, :], cmask, HAS_W, HAS_B, HAS_SCALE,
+                          HAS_SHIFT)
 
 
 @triton.jit
@@ -199,19 +201,21 @@ def _fwd_fused_kernel(x_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, mean_
 def _fwd_stats_kernel(x_ptr, part_ptr, groups, per_sample, group_stride, rows, cols, row_stride,
                       tiles_k, tiles, per_split, split, BLOCK_R: tl.constexpr,
                       BLOCK_K: tl.constexpr):
-    """part[bg, split] = (n, mean, M2) of tiles [split * per_split, ...) of group bg: each tile's
-    mean and M2 in registers (two passes), folded into the running summary (Chan et al.)."""
+    """part[bg, split] = (n, mean, M2) of tiles [split * per_split, ...) of group bg, shifted by
+    the group's first element: each tile's mean and M2 in registers (two passes), folded into
+    the running summary (Chan et al.)."""
     pid = tl.program_id(0)
     bg, sp = pid // split, pid % split
     b, g = bg // groups, bg % groups
     base = b.to(tl.int64) * per_sample + g.to(tl.int64) * group_stride
+    pivot = tl.load(x_ptr + base).to(tl.float32)
     n = 0.0
     mean = 0.0
     m2 = 0.0
     for t in range(sp * per_split, tl.minimum(sp * per_split + per_split, tiles)):
         offs, mask, r, k = _group_tile(t, base, rows, cols, row_stride, tiles_k, BLOCK_R,
                                        BLOCK_K)
-        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        x = tl.where(mask, tl.load(x_ptr + offs, mask=mask).to(tl.float32) - pivot, 0.0)
         n_t = tl.sum(tl.sum(mask.to(tl.float32), axis=1), axis=0)
         mean_t = tl.sum(tl.sum(x, axis=1), axis=0) / n_t
         xc = tl.where(mask, x - mean_t, 0.0)
@@ -228,7 +232,8 @@ def _fwd_apply_kernel(x_ptr, part_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_
                       HAS_B: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
                       SILU: tl.constexpr, CHANNELS_LAST: tl.constexpr,
                       SPLIT_BLOCK: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Tile t of group bg: its statistics from the group's partials, then y."""
+    """Tile t of group bg: its statistics from the group's partials (of the data shifted by the
+    group's first element), then y."""
     pid = tl.program_id(0)
     bg, t = pid // tiles, pid % tiles
     b, g = bg // groups, bg % groups
@@ -241,16 +246,17 @@ def _fwd_apply_kernel(x_ptr, part_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_
     d = mean_i - mean
     m2 = tl.sum(tl.load(p + 2, mask=i < split, other=0.0) + n_i * d * d, axis=0)
     rstd = tl.rsqrt(m2 / n + eps)
-    if t == 0:
-        tl.store(mean_ptr + bg, mean)
-        tl.store(rstd_ptr + bg, rstd)
     base = b.to(tl.int64) * per_sample + g.to(tl.int64) * group_stride
+    pivot = tl.load(x_ptr + base).to(tl.float32)
+    if t == 0:
+        tl.store(mean_ptr + bg, pivot + mean)
+        tl.store(rstd_ptr + bg, rstd)
     offs, mask, r, k = _group_tile(t, base, rows, cols, row_stride, tiles_k, BLOCK_R, BLOCK_K)
     idx = k if CHANNELS_LAST else r
     a, bb = _channel_coefs(w_ptr, bias_ptr, scale_ptr, shift_ptr, g * cpg + idx,
                            bg * cpg + idx, idx < cpg, HAS_W, HAS_B, HAS_SCALE, HAS_SHIFT)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    y = (x - mean) * _along(a * rstd, CHANNELS_LAST) + _along(bb, CHANNELS_LAST)
+    y = (x - pivot - mean) * _along(a * rstd, CHANNELS_LAST) + _along(bb, CHANNELS_LAST)
     if SILU:
         y = _silu(y)
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
@@ -321,22 +327,16 @@ def group_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None,
     # Statistics: C-order groups are contiguous, read as one flat row.
     stat_view = dict(rows=rows, cols=cols, row_stride=view["row_stride"]) if cl else dict(
         rows=1, cols=rows * cols, row_stride=0)
-    sr, sk = _tile(stat_view["rows"], stat_view["cols"], TILE)
-    stiles_k = triton.cdiv(stat_view["cols"], sk)
-    stiles = triton.cdiv(stat_view["rows"], sr) * stiles_k
-    split, per_split = _split(bgs, stiles, x.device)
+    stat_tiles = _tiling(stat_view["rows"], stat_view["cols"])
+    split, per_split = _split(bgs, stat_tiles["tiles"])
     part = x.new_empty((bgs, split, 3), dtype=torch.float32)
     wrap_triton(_fwd_stats_kernel)[(bgs * split,)](
-        x, part, num_groups, per_sample, view["group_stride"], **stat_view, tiles_k=stiles_k,
-        tiles=stiles, per_split=per_split, split=split, BLOCK_R=sr, BLOCK_K=sk,
-        num_warps=_warps(sr * sk))
-    br, bk = _tile(rows, cols, TILE)
-    tiles_k = triton.cdiv(cols, bk)
-    tiles = triton.cdiv(rows, br) * tiles_k
-    wrap_triton(_fwd_apply_kernel)[(bgs * tiles,)](
-        x, part, *params, y, mean, rstd, num_groups, per_sample, **view, tiles_k=tiles_k, tiles=tiles, split=split, eps=eps, **flags,
-        SPLIT_BLOCK=triton.next_power_of_2(split), BLOCK_R=br, BLOCK_K=bk,
-        num_warps=_warps(br * bk))
+        x, part, num_groups, per_sample, view["group_stride"], **stat_view, **stat_tiles,
+        per_split=per_split, split=split)
+    tiles = _tiling(rows, cols)
+    wrap_triton(_fwd_apply_kernel)[(bgs * tiles["tiles"],)](
+        x, part, *params, y, mean, rstd, num_groups, per_sample, **view, **tiles, split=split,
+        eps=eps, **flags, SPLIT_BLOCK=triton.next_power_of_2(split))
     return y, mean, rstd
 
 
@@ -556,7 +556,7 @@ def group_norm_backward(
     else:
         bc, bs = _reduce_tile(channels, spatial, cl)
         c_blocks, s_tiles = triton.cdiv(channels, bc), triton.cdiv(spatial, bs)
-        split, per_split = _split(batch * c_blocks, s_tiles, x.device)
+        split, per_split = _split(batch * c_blocks, s_tiles)
         sums = x.new_empty((2, batch, split, channels), dtype=torch.float32)
         wrap_triton(_bwd_reduce_kernel)[(batch * c_blocks * split,)](
             dy, x, mean, rstd, *params, sums[0], sums[1], num_groups, channels, spatial,
@@ -568,14 +568,11 @@ def group_norm_backward(
         HAS_SHIFT=shift is not None, SPLIT_BLOCK=triton.next_power_of_2(split),
         BLOCK_C=PARAM_BLOCK, num_warps=4)
     if not fused:
-        br, bk = _tile(rows, cols, TILE)
-        tiles_k = triton.cdiv(cols, bk)
-        tiles = triton.cdiv(rows, br) * tiles_k
-        wrap_triton(_bwd_dx_kernel)[(bgs * tiles,)](
+        tiles = _tiling(rows, cols)
+        wrap_triton(_bwd_dx_kernel)[(bgs * tiles["tiles"],)](
             dy, x, mean, rstd, *params, sums[0], sums[1], dx, num_groups, channels, per_sample,
-            **view, n=n, tiles_k=tiles_k, tiles=tiles, split=split, **flags,
-            CPG_BLOCK=triton.next_power_of_2(view["cpg"]), BLOCK_R=br, BLOCK_K=bk,
-            num_warps=_warps(br * bk))
+            **view, n=n, **tiles, split=split, **flags,
+            CPG_BLOCK=triton.next_power_of_2(view["cpg"]))
     return dx, *grads
 
 

@@ -6,7 +6,8 @@
 // pointers are aligned). Forward: a group of at most kFusedVecs vectors is one block, in
 // registers; larger groups take a statistics pass (per-split Welford summaries, each thread's
 // vectors folded by Chan et al.'s combination, then warp shuffles and the block, in a fixed
-// order) and a normalize pass whose blocks combine their group's summaries first. Backward:
+// order) and a normalize pass whose blocks combine their group's summaries first; statistics of
+// x minus the group's first element, so that a large mean costs no precision. Backward:
 // per-(b, c) sums ds = sum g xhat, db = sum g (g = dL/d pre) over spatial splits, a parameter
 // pass (fixed-order sums over splits and the batch: deterministic), and a grad_x pass
 //   grad_x = rstd (A g - m1 - xhat m2),  m1 = sum_c A db / n,  m2 = sum_c A ds / n (per group).
@@ -89,6 +90,14 @@ __device__ __forceinline__ Welford combine(const Welford& a, const Welford& b) {
   const float w = n > 0.0f ? __fdividef(b.n, n) : 0.0f;
   const float delta = b.mean - a.mean;
   return {n, a.mean + delta * w, a.m2 + b.m2 + delta * delta * a.n * w};
+}
+
+// Statistics are taken of x - pivot, pivot the group's first element: the differences are
+// exact near a large mean, whose rounding then no longer costs the variance its precision.
+template <int N>
+__device__ __forceinline__ void shift_by(float (&f)[N], float pivot) {
+#pragma unroll
+  for (int k = 0; k < N; ++k) f[k] -= pivot;
 }
 
 // The summary of N values: two passes in registers.
@@ -192,7 +201,8 @@ struct ForwardKernelArgs {
   float *mean, *rstd;
 };
 
-// y of the N elements at offset o (channel j of the group), from pre = (x - mean) A rstd + B.
+// y of the N elements at offset o (channel j of the group), from pre = (x - mean) A rstd + B
+// (x and mean shifted by the group's pivot).
 template <typename T, int N, bool kSilu>
 __device__ __forceinline__ void normalize_store(T* y, int64_t o, uint32_t j, const float (&xv)[N],
                                                 float mean, const float2* coefs,
@@ -215,6 +225,7 @@ __global__ void __launch_bounds__(kThreads) gn_fused_kernel(const ForwardKernelA
   const GroupView& v = a.v;
   uint32_t b, g;
   const int64_t base = v.base(blockIdx.x, b, g);
+  const float pivot = to_float(static_cast<const T*>(a.x)[base]);
   float xv[kVecsPerThread][N];
   int64_t offs[kVecsPerThread];
   uint32_t js[kVecsPerThread];
@@ -225,12 +236,13 @@ __global__ void __launch_bounds__(kThreads) gn_fused_kernel(const ForwardKernelA
     if (e < v.elems) {
       offs[i] = v.at(base, e, js[i]);
       load(static_cast<const T*>(a.x) + offs[i], xv[i]);
+      shift_by(xv[i], pivot);
       w = combine(w, summary(xv[i]));
     }
   }
   w = block_reduce(w, Welford{0.0f, 0.0f, 0.0f});
   const float rstd = rsqrtf(w.m2 / w.n + a.eps);
-  if (threadIdx.x == 0) a.mean[blockIdx.x] = w.mean, a.rstd[blockIdx.x] = rstd;
+  if (threadIdx.x == 0) a.mean[blockIdx.x] = pivot + w.mean, a.rstd[blockIdx.x] = rstd;
   const float2* coefs = group_coefs(coef_table, a.p, v, b, g, rstd);
 #pragma unroll
   for (int i = 0; i < kVecsPerThread; ++i) {
@@ -249,6 +261,7 @@ __global__ void __launch_bounds__(kThreads)
   const uint32_t end = min(begin + per_split, v.elems);
   uint32_t b, g, j;
   const int64_t base = v.base(bg, b, g);
+  const float pivot = to_float(static_cast<const T*>(a.x)[base]);
   Welford w{0.0f, 0.0f, 0.0f};
   for (uint32_t e0 = begin + threadIdx.x * N; e0 < end; e0 += kChunkVecs * N) {
     float xv[kVecsPerThread][N];
@@ -258,8 +271,12 @@ __global__ void __launch_bounds__(kThreads)
       if (e < end) load(static_cast<const T*>(a.x) + v.at(base, e, j), xv[i]);
     }
 #pragma unroll
-    for (int i = 0; i < kVecsPerThread; ++i)
-      if (e0 + i * kThreads * N < end) w = combine(w, summary(xv[i]));
+    for (int i = 0; i < kVecsPerThread; ++i) {
+      if (e0 + i * kThreads * N < end) {
+        shift_by(xv[i], pivot);
+        w = combine(w, summary(xv[i]));
+      }
+    }
   }
   w = block_reduce(w, Welford{0.0f, 0.0f, 0.0f});
   if (threadIdx.x == 0) summaries[blockIdx.x] = w;
@@ -275,19 +292,20 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ float2 stats;
   const GroupView& v = a.v;
   const uint32_t bg = blockIdx.x / chunks, chunk = blockIdx.x % chunks;
+  uint32_t b, g;
+  const int64_t base = v.base(bg, b, g);
+  const float pivot = to_float(static_cast<const T*>(a.x)[base]);
   if (threadIdx.x < 32) {
     Welford w = threadIdx.x < split ? summaries[int64_t{bg} * split + threadIdx.x]
                                     : Welford{0.0f, 0.0f, 0.0f};
     w = warp_reduce(w);
     if (threadIdx.x == 0) {
       stats = {w.mean, rsqrtf(w.m2 / w.n + a.eps)};
-      if (chunk == 0) a.mean[bg] = stats.x, a.rstd[bg] = stats.y;
+      if (chunk == 0) a.mean[bg] = pivot + stats.x, a.rstd[bg] = stats.y;
     }
   }
   __syncthreads();
   const float2 st = stats;
-  uint32_t b, g;
-  const int64_t base = v.base(bg, b, g);
   const float2* coefs = group_coefs(coef_table, a.p, v, b, g, st.y);
   const uint32_t e0 = static_cast<uint32_t>(chunk * kChunkVecs + threadIdx.x) * N;
   float xv[kVecsPerThread][N];
@@ -303,9 +321,11 @@ __global__ void __launch_bounds__(kThreads)
   }
 #pragma unroll
   for (int i = 0; i < kVecsPerThread; ++i) {
-    if (e0 + i * kThreads * N < v.elems)
+    if (e0 + i * kThreads * N < v.elems) {
+      shift_by(xv[i], pivot);
       normalize_store<T, N, kSilu>(static_cast<T*>(a.y), offs[i], js[i], xv[i], st.x, coefs,
                                    v.channels_last);
+    }
   }
 }
 

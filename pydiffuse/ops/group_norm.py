@@ -26,8 +26,8 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, scale=None, s
     computed in float32 whatever x's dtype, in either memory layout (NCHW or channels_last).
 
     Args:
-        x: [B, C, *spatial] (0 to 3 spatial dims), float32/float16/bfloat16 (float64 on the
-            reference backend).
+        x: [B, C, *spatial] (any number of spatial dims, 0 to 3 in UNets), float32/float16/
+            bfloat16 (float64 on the reference backend); C-order, channels_last or strided.
         num_groups: G, a divisor of C.
         weight, bias: [C] per-channel affine, or None (1 and 0).
         eps: added to the variance.
@@ -36,7 +36,7 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, scale=None, s
         Each parameter has x's dtype, or float32 (half activations with float32 parameters).
 
     Returns:
-        y, x's shape, dtype and memory layout.
+        y, x's shape and dtype (channels_last when x is, on the compiled backends).
     """
     _check(x, num_groups, weight, bias, eps, scale, shift, act)
     check_dtype_backend(x, _dispatch.current_backend(x.device))
