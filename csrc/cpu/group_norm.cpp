@@ -58,6 +58,11 @@ struct Coefs {
   const float *a, *m, *d, *alpha, *beta, *gamma;
 };
 
+// SiLU loops run in fully unrolled blocks of kInterleave elements, which GCC vectorizes as four
+// independent chains of 16-lane vectors: with the one chain the loop vectorizer makes, the
+// SiLU math is latency-bound and about 25% slower.
+constexpr int64_t kInterleave = 64;
+
 // ---- inner loops: float32 rows x cols, the constants per column (kPerCol) or one for all ----
 
 template <bool kPerCol, bool kSilu>
@@ -66,9 +71,21 @@ inline __attribute__((always_inline)) void forward_loop(const float* __restrict_
                                                         float* __restrict__ y) {
   const float *__restrict__ a = k.a, *__restrict__ m = k.m, *__restrict__ d = k.d;
   for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t c = 0; c < cols; ++c) {
+    const float* __restrict__ xr = x + r * cols;
+    float* __restrict__ yr = y + r * cols;
+    int64_t c = 0;
+    if constexpr (kSilu) {
+      for (; c + kInterleave <= cols; c += kInterleave) {
+#pragma GCC unroll 64
+        for (int64_t l = 0; l < kInterleave; ++l) {
+          const int64_t j = kPerCol ? c + l : 0;
+          yr[c + l] = activation<kSilu>(a[j] * (xr[c + l] - m[j]) + d[j]);
+        }
+      }
+    }
+    for (; c < cols; ++c) {
       const int64_t j = kPerCol ? c : 0;
-      y[r * cols + c] = activation<kSilu>(a[j] * (x[r * cols + c] - m[j]) + d[j]);
+      yr[c] = activation<kSilu>(a[j] * (xr[c] - m[j]) + d[j]);
     }
   }
 }
@@ -151,7 +168,14 @@ inline __attribute__((always_inline)) void grad_sums_loop(const float* __restric
   const float a = k.a[0], m = k.m[0], d = k.d[0];
   const float* g = dy;
   if constexpr (kSilu) {
-    for (int64_t i = 0; i < n; ++i) g_out[i] = activation_grad<true>(dy[i], a * (x[i] - m) + d);
+    int64_t i = 0;
+    for (; i + kInterleave <= n; i += kInterleave) {
+#pragma GCC unroll 64
+      for (int64_t l = 0; l < kInterleave; ++l) {
+        g_out[i + l] = activation_grad<true>(dy[i + l], a * (x[i + l] - m) + d);
+      }
+    }
+    for (; i < n; ++i) g_out[i] = activation_grad<true>(dy[i], a * (x[i] - m) + d);
     g = g_out;
   }
   Lanes s1 = {}, s2 = {};
@@ -181,15 +205,23 @@ inline __attribute__((always_inline)) void grad_sums_by_column_loop(
   const float *__restrict__ a = k.a, *__restrict__ m = k.m, *__restrict__ d = k.d;
   float* __restrict__ acc2 = acc + cols;
   for (int64_t c = 0; c < cols; ++c) acc[c] = 0.0f, acc2[c] = 0.0f;
+  auto one = [&](int64_t r, int64_t c) __attribute__((always_inline)) {
+    const int64_t i = r * cols + c;
+    const float xm = x[i] - m[c];
+    float g = dy[i];
+    if constexpr (kSilu) g_out[i] = g = activation_grad<true>(g, a[c] * xm + d[c]);
+    acc[c] += g;
+    acc2[c] += g * xm;
+  };
   for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t c = 0; c < cols; ++c) {
-      const int64_t i = r * cols + c;
-      const float xm = x[i] - m[c];
-      float g = dy[i];
-      if constexpr (kSilu) g_out[i] = g = activation_grad<true>(g, a[c] * xm + d[c]);
-      acc[c] += g;
-      acc2[c] += g * xm;
+    int64_t c = 0;
+    if constexpr (kSilu) {
+      for (; c + kInterleave <= cols; c += kInterleave) {
+#pragma GCC unroll 64
+        for (int64_t l = 0; l < kInterleave; ++l) one(r, c + l);
+      }
     }
+    for (; c < cols; ++c) one(r, c);
   }
 }
 
