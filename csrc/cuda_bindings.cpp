@@ -101,16 +101,7 @@ at::Tensor attention_operand(const at::Tensor& t) {
 
 std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& q, const at::Tensor& k,
                                                   const at::Tensor& v, double scale) {
-  check_float(q, "q");
-  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4,
-              "pydiffuse: attention needs q, k, v of shape [B, H, N, D], got ", q.sizes(), ", ",
-              k.sizes(), ", ", v.sizes());
-  check_like(v, k, "v");
-  TORCH_CHECK(k.scalar_type() == q.scalar_type() && k.device() == q.device(),
-              "pydiffuse: k and v must match q's dtype and device");
-  TORCH_CHECK(k.size(0) == q.size(0) && k.size(1) == q.size(1) && k.size(3) == q.size(3),
-              "pydiffuse: attention's k, v ", k.sizes(), " do not match q ", q.sizes(),
-              " in B, H or D");
+  check_attention_inputs(q, k, v);
   TORCH_CHECK(attention_supports_head_dim(q.size(3)),
               "pydiffuse: attention on CUDA supports head dims 32, 64 and 128, got ", q.size(3));
   const c10::cuda::CUDAGuard guard(q.device());

@@ -89,6 +89,21 @@ inline LangevinInputs prepare_langevin_step(const at::Tensor& x, const at::Tenso
           contiguous_as(seeds, at::MemoryFormat::Contiguous)};
 }
 
+// q [B, H, Nq, D], k and v [B, H, Nk, D] of one float dtype and device, Nk >= 1.
+inline void check_attention_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  check_float(q, "q");
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4,
+              "pydiffuse: attention needs q, k, v of shape [B, H, N, D], got ", q.sizes(), ", ",
+              k.sizes(), ", ", v.sizes());
+  check_like(v, k, "v");
+  TORCH_CHECK(k.scalar_type() == q.scalar_type() && k.device() == q.device(),
+              "pydiffuse: k and v must match q's dtype and device");
+  TORCH_CHECK(k.size(0) == q.size(0) && k.size(1) == q.size(1) && k.size(3) == q.size(3),
+              "pydiffuse: attention's k, v ", k.sizes(), " do not match q ", q.sizes(),
+              " in B, H or D");
+  TORCH_CHECK(k.size(2) >= 1, "pydiffuse: attention needs at least one key");
+}
+
 // The output of randn, checked: C-order, `dtype`, on the seeds' device.
 inline at::Tensor prepare_randn(const at::Tensor& seeds, at::IntArrayRef shape,
                                 at::ScalarType dtype) {

@@ -240,19 +240,6 @@ void attention_backward_f32(const Dims& g, const BackwardInputs& in, float* dq, 
   }
 }
 
-void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
-  check_float(q, "q");
-  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4,
-              "pydiffuse: attention needs q, k, v of shape [B, H, N, D], got ", q.sizes(), ", ",
-              k.sizes(), ", ", v.sizes());
-  check_like(v, k, "v");
-  TORCH_CHECK(k.scalar_type() == q.scalar_type() && k.device() == q.device(),
-              "pydiffuse: k must match q's dtype and device");
-  TORCH_CHECK(k.size(0) == q.size(0) && k.size(1) == q.size(1) && k.size(3) == q.size(3),
-              "pydiffuse: k has shape ", k.sizes(), ", q ", q.sizes(), " (B, H, D must agree)");
-  TORCH_CHECK(k.size(2) >= 1, "pydiffuse: attention needs at least one key");
-}
-
 Dims dims_of(const at::Tensor& q, const at::Tensor& k, double scale) {
   return {q.size(0) * q.size(1), q.size(2), k.size(2), q.size(3), static_cast<float>(scale)};
 }
@@ -277,7 +264,7 @@ void finish(const at::Tensor& result, const at::Tensor& out) {
 
 std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& q, const at::Tensor& k,
                                                  const at::Tensor& v, double scale) {
-  check_inputs(q, k, v);
+  check_attention_inputs(q, k, v);
   const auto g = dims_of(q, k, scale);
   auto out = cpu::empty_output(q.sizes(), q.scalar_type(), at::MemoryFormat::Contiguous);
   auto lse = cpu::empty_output({q.size(0), q.size(1), q.size(2)}, at::kFloat,
@@ -294,7 +281,7 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& q, const at::
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& out, const at::Tensor& lse, double scale) {
-  check_inputs(q, k, v);
+  check_attention_inputs(q, k, v);
   check_like(grad_out, q, "grad_out");
   check_like(out, q, "out");
   TORCH_CHECK(lse.scalar_type() == at::kFloat && lse.dim() == 3 && lse.size(0) == q.size(0) &&
