@@ -60,12 +60,25 @@ _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
 def pack_rows(named_values, batch: int, device: torch.device) -> torch.Tensor:
-    """[(name, value), ...] -> a contiguous float32 tensor [len, B]."""
+    """[(name, value), ...] -> a contiguous float32 tensor [len, B].
+
+    All-float rows (the common case) are built on the host in one tensor: one copy instead of a
+    fill per row. On CUDA the copy is from pinned memory; under CUDA-graph capture, which takes
+    no host copies, the rows are filled on the device."""
+    values = [v for _, v in named_values]
+    if all(type(v) is float or type(v) is int for v in values) and (
+            device.type == "cpu" or (device.type == "cuda"
+                                     and not torch.cuda.is_current_stream_capturing())):
+        host = torch.tensor(values, dtype=torch.float32)
+        if device.type == "cuda":
+            host = host.pin_memory().to(device, non_blocking=True)
+        return host.unsqueeze(1).expand(len(values), batch).contiguous()
     return torch.stack([coef_row(n, v, batch, device) for n, v in named_values]).contiguous()
 
 
 def pack_seeds(seed, batch: int, device: torch.device) -> torch.Tensor:
-    """An int seed -> int64 [1]; a sequence or tensor of B seeds -> int64 [B]."""
+    """An int seed (or a 0-d integer tensor) -> int64 [1]; a sequence or tensor of B seeds ->
+    int64 [B]."""
     if isinstance(seed, bool):
         raise TypeError("seed must be an int or one int per sample, got bool")
     if isinstance(seed, numbers.Integral):
@@ -74,6 +87,8 @@ def pack_seeds(seed, batch: int, device: torch.device) -> torch.Tensor:
         if seed.is_floating_point() or seed.is_complex() or seed.dtype == torch.bool:
             raise TypeError(f"seed tensor must have an integer dtype, got {seed.dtype}")
         seeds = seed.reshape(-1).to(device=device, dtype=torch.int64)
+        if seed.ndim == 0:
+            return seeds
     elif isinstance(seed, (list, tuple)) and all(
             isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in seed):
         seeds = torch.tensor([int(s) for s in seed], dtype=torch.int64, device=device)
