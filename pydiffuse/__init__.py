@@ -1,10 +1,12 @@
 """pydiffuse: fused kernels (C++, CUDA, Triton) and the samplers and trainers of diffusion models.
 
-``pydiffuse.ops`` holds the fused ops, ``pydiffuse.nn`` the layers on them; importing pydiffuse
-loads the compiled ops when built.
+``pydiffuse.ops`` holds the fused ops, ``pydiffuse.nn`` the layers on them, ``schedules`` and
+``sde`` the diffusion processes, ``samplers`` every sampler with ``pydiffuse.sample`` as the front
+door, ``stats`` sample-quality measures; importing pydiffuse loads the compiled ops when built.
 """
 
-from . import nn, ops
+from . import nn, ops, predictions, samplers, schedules, sde, stats
+from .samplers import sample
 
 __version__ = "0.1.0"
-__all__ = ["nn", "ops"]
+__all__ = ["nn", "ops", "predictions", "sample", "samplers", "schedules", "sde", "stats"]

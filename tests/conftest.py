@@ -1,12 +1,16 @@
 """Shared fixtures: the device under test and the backend parametrization.
 
 Without a GPU, Triton kernels run under its interpreter (TRITON_INTERPRET=1 must be set before
-triton is imported, hence here)."""
+triton is imported, hence here; OMP_WAIT_POLICY before torch loads OpenMP)."""
 
 import os
 
-import pytest
-import torch
+# Idle OpenMP threads sleep instead of spinning: the sampler tests run many small ops, and a
+# spinning pool on a busy 2-core machine slows them tenfold.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -1,0 +1,119 @@
+"""DDIM sampling and its deterministic encoding (Song, Meng & Ermon 2021; MATH.md section 2)."""
+
+import torch
+
+from ..ops import StepCoefs, sample_step
+from ..predictions import check_prediction, eps_coefs, x0_coefs
+from ..schedules import as_process
+from ._common import (NoiseStream, StepTable, as_denoiser, batch_time, check_process_kind,
+                      check_x, guided_pair, model_times, steps_bar)
+
+
+def ddim_schedule(process, steps: int, spacing: str = "uniform", steps_offset: int = 0,
+                  set_alpha_to_one: bool = True):
+    """The respaced schedule a DDIM run steps through: alpha_bar kept at the chosen positions,
+    alpha_bar_prev of the first = 1 (or alpha_bar_0 with set_alpha_to_one=False)."""
+    positions = process.subsequence(steps, spacing, steps_offset)
+    final = 1.0 if set_alpha_to_one else float(process.alphas_cumprod[0])
+    spaced = process.respace(positions)
+    if final == 1.0:
+        return spaced
+    return type(spaced)(1 - spaced.alphas_cumprod / torch.cat(
+        [torch.tensor([final], dtype=torch.float64), spaced.alphas_cumprod[:-1]]),
+        spaced.timesteps, final)
+
+
+def ddim_table(sched, prediction: str, eta: float) -> dict:
+    """x0 = cx x + co out; eps = ex x + e0 x0;
+    x_prev = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - s^2) eps + s z,
+    s = eta sqrt((1 - ab_prev) / (1 - ab_t)) sqrt(1 - ab_t / ab_prev)."""
+    ab, ab_prev = sched.alphas_cumprod, sched.alphas_cumprod_prev
+    a, sd = ab.sqrt(), (1 - ab).sqrt()
+    cx, co = x0_coefs(prediction, a, sd)
+    ex, e0 = eps_coefs(a, sd)
+    s = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).clamp(min=0).sqrt()
+    return {"cx": cx, "co": co, "ex": ex, "e0": e0, "m0": ab_prev.sqrt(),
+            "me": (1 - ab_prev - s * s).clamp(min=0).sqrt(), "s": s, "a": a, "sigma": sd}
+
+
+def sample_ddim(model, x, process, *, steps: int = 50, eta: float = 0.0, prediction: str = "eps",
+                clip=None, spacing: str = "uniform", steps_offset: int = 0,
+                set_alpha_to_one: bool = True, seed=None, callback=None, progress=False):
+    """DDIM: x_{t-1} = sqrt(ab_{t-1}) x0^ + sqrt(1 - ab_{t-1} - s_t^2) eps^ + s_t z.
+
+    eta = 0 is deterministic (an ODE solver); eta = 1 over every step is DDPM's fixed-small
+    sampler. With ``clip``, eps^ is recomputed from the clipped x0^. Classifier guidance (a
+    ``Denoiser`` with a classifier) uses eps^ = eps - sqrt(1 - ab_t) g.
+
+    Args:
+        model: ``model(x, t)`` (t: [B] step indices) or a ``Denoiser``.
+        x: x_T [B, ...]; process: the training ``DiscreteSchedule``.
+        steps: K model calls; spacing: "uniform", "quad", "leading", "trailing", "linspace"
+            (``steps_offset``, ``set_alpha_to_one`` as diffusers).
+        seed: the noise stream's seed (used when eta > 0).
+        callback: callback({"i", "t", "x", "x0"}) after each step.
+
+    Returns:
+        x_0 [B, ...].
+    """
+    check_x(x)
+    process = as_process(process)
+    check_process_kind(process, ("discrete",), "ddim")
+    check_prediction(prediction)
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    sched = ddim_schedule(process, steps, spacing, steps_offset, set_alpha_to_one)
+    den = as_denoiser(model)
+    noise = NoiseStream(seed, len(x), x.device) if eta > 0 else None
+    table = StepTable(ddim_table(sched, prediction, eta), x.device)
+    times = model_times(sched, sched.timesteps, x.device)
+    for k in steps_bar(len(sched), progress, "ddim"):
+        i = len(sched) - 1 - k
+        c, t = table.row(i), batch_time(times, i, len(x))
+        out, uncond = guided_pair(den, x, t, c["a"], c["sigma"], c["co"])
+        coefs = StepCoefs(cx=c["cx"], co=c["co"], ex=c["ex"], e0=c["e0"], m0=c["m0"],
+                          me=c["me"], s=c["s"] if noise is not None else 0.0)
+        x, x0 = sample_step(x, out, coefs, clip=clip, return_x0=True, **den.fused_cfg(uncond),
+                            **(noise.take() if noise is not None else {}))
+        if callback is not None:
+            callback({"i": k, "t": t, "x": x, "x0": x0})
+    return x
+
+
+def ddim_invert(model, x0, process, *, steps: int = 50, prediction: str = "eps",
+                spacing: str = "uniform", steps_offset: int = 0, callback=None, progress=False):
+    """Deterministic DDIM encoding x_0 -> x_T, the eta = 0 sampler run forwards:
+
+    eps^ = the model's eps at (x, t_{i+1});  x_{i+1} = sqrt(ab_{i+1}) x0^ + sqrt(1 - ab_{i+1}) eps^,
+    x0^ = (x_i - sqrt(1 - ab_i) eps^) / sqrt(ab_i) (ab = 1 before the first step).
+
+    Args:
+        x0: data [B, ...]; the other arguments as ``sample_ddim``.
+
+    Returns:
+        x_T [B, ...], which ``sample_ddim`` (eta = 0, same steps) maps back to about x0.
+    """
+    check_x(x0)
+    process = as_process(process)
+    check_process_kind(process, ("discrete",), "ddim_invert")
+    check_prediction(prediction)
+    sched = ddim_schedule(process, steps, spacing, steps_offset)
+    den = as_denoiser(model)
+    if den.classifier is not None:
+        raise ValueError("ddim_invert does not take classifier guidance")
+    ab, ab_prev = sched.alphas_cumprod, sched.alphas_cumprod_prev
+    a, sd, a_prev, sd_prev = ab.sqrt(), (1 - ab).sqrt(), ab_prev.sqrt(), (1 - ab_prev).sqrt()
+    cx, co = x0_coefs(prediction, a, sd)
+    ex, e0 = eps_coefs(a, sd)
+    table = StepTable({"cx": cx, "co": co, "ex": ex, "e0": e0, "mx": a / a_prev,
+                       "me": sd - a * sd_prev / a_prev}, x0.device)
+    times = model_times(sched, sched.timesteps, x0.device)
+    x = x0
+    for i in steps_bar(len(sched), progress, "ddim_invert"):
+        c, t = table.row(i), batch_time(times, i, len(x))
+        x = sample_step(x, den(x, t), StepCoefs(cx=c["cx"], co=c["co"], ex=c["ex"], e0=c["e0"],
+                                                mx=c["mx"], me=c["me"]))
+        if callback is not None:
+            callback({"i": i, "t": t, "x": x})
+    return x
+

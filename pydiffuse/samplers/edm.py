@@ -1,0 +1,212 @@
+"""EDM's Euler and Heun samplers with churn (Karras et al. 2022, Algorithms 1-2) and
+DPM-Solver++(2M) (Lu et al. 2022) on the noise levels sigma = std / a of any process.
+
+Every process here has marginals x = a (x0 + sigma eps): the samplers step in the VE coordinates
+x_ve = x / a of the papers, written in the process's native coordinates, and call the model with
+the process's own time ``process.sigma_to_time(sigma)``.
+"""
+
+import math
+import numbers
+
+import torch
+
+from ..ops import lincomb
+from ..predictions import check_prediction, x0_coefs
+from ..schedules import as_process, karras_sigmas
+from ._common import (NoiseStream, StepTable, as_denoiser, batch_time, check_x, guided_pair,
+                      model_times, steps_bar)
+from .ode import euler_heun_loop, output_terms
+
+
+def edm_sigmas(process, steps: int, sigma_min=None, sigma_max=None, rho: float = 7.0):
+    """The noise levels an EDM run steps through, host float64.
+
+    sigma_i = karras_sigmas(steps, sigma_min, sigma_max, rho) (Karras et al. eq. 5; default range
+    ``process.sigma_range``), the model time t_i = ``process.sigma_to_time(sigma_i)``, then sigma_i
+    and a_i recomputed from ``process.marginal(t_i)`` so they agree with the time the model sees.
+    A discrete schedule quantizes t_i to the nearest step index, and steps quantized to the same
+    index are merged (fewer than ``steps`` steps). sigma_n = 0 with a_n = 1 (the data) is appended.
+
+    Returns:
+        (times [n], sigmas [n + 1], scales a [n + 1]).
+    """
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    lo = min(process.sigma_range) if sigma_min is None else float(sigma_min)
+    hi = max(process.sigma_range) if sigma_max is None else float(sigma_max)
+    if not 0 < lo <= hi:
+        raise ValueError(f"need 0 < sigma_min <= sigma_max, got {lo}, {hi}")
+    if not rho > 0:
+        raise ValueError(f"rho must be > 0, got {rho}")
+    times = process.sigma_to_time(karras_sigmas(int(steps), lo, hi, rho))
+    if process.kind == "discrete":
+        times = torch.unique_consecutive(times)
+    a, std = process.marginal(times)
+    zero = torch.zeros(1, dtype=torch.float64)
+    return times, torch.cat([std / a, zero]), torch.cat([a, zero + 1])
+
+
+def edm_columns(prediction: str, sigma, a, sigma_next, a_next) -> dict:
+    """The Euler step from sigma to sigma' (Karras et al. Alg. 1, line 5) in native coordinates:
+
+    x_ve' = x_ve + (sigma' - sigma) (x_ve - D) / sigma  =>  x' = mx x + m0 D,
+    mx = a' sigma' / (a sigma), m0 = a' (1 - sigma' / sigma), D = x0 = cx x + co out.
+    """
+    cx, co = x0_coefs(prediction, a, a * sigma)
+    ratio = sigma_next / sigma
+    return {"cx": cx, "co": co, "mx": a_next * ratio / a, "m0": a_next * (1 - ratio), "a": a,
+            "std": a * sigma}
+
+
+def _start(x, process, prediction, steps, sigma_min, sigma_max, rho):
+    """Checks, the grid, and x_T rescaled as pure noise to the grid's first level: x *
+    a_0 sigma_0 / prior_std (exact when sigma_0 is the prior's; an approximation, of order
+    data scale / sigma_0, when sigma_max is overridden)."""
+    check_x(x)
+    process = as_process(process)
+    check_prediction(prediction)
+    times, sig, a = edm_sigmas(process, steps, sigma_min, sigma_max, rho)
+    factor = float(a[0] * sig[0]) / process.prior_std
+    return process, times, sig, a, x if math.isclose(factor, 1, rel_tol=1e-9) else lincomb(
+        [x], [factor])
+
+
+def _sample_edm(heun, model, x, process, steps, sigma_min, sigma_max, rho, churn, s_tmin, s_tmax,
+                s_noise, prediction, seed, callback, progress):
+    """Karras et al. Algorithm 2 (Euler: Algorithm 2 without its second-order correction)."""
+    if not (churn >= 0 and s_noise >= 0 and 0 <= s_tmin <= s_tmax):
+        raise ValueError(f"need churn >= 0, s_noise >= 0 and 0 <= s_tmin <= s_tmax; got "
+                         f"churn={churn}, s_noise={s_noise}, s_tmin={s_tmin}, s_tmax={s_tmax}")
+    process, times, sig, a, x = _start(x, process, prediction, steps, sigma_min, sigma_max, rho)
+    n = len(times)
+    # churn: gamma_i = min(S_churn / N, sqrt 2 - 1) on [s_tmin, s_tmax], sigma^_i = sigma_i (1 +
+    # gamma_i) (quantized, then recomputed), x^ = x + sqrt(sigma^2 - sigma_i^2) s_noise z in VE
+    inside = (sig[:-1] >= s_tmin) & (sig[:-1] <= s_tmax)
+    gamma = torch.where(inside, min(churn / n, math.sqrt(2) - 1), 0.0)
+    t_hat = torch.where(gamma > 0, process.sigma_to_time(sig[:-1] * (1 + gamma)), times)
+    a_hat, std_hat = process.marginal(t_hat)
+    s_hat = std_hat / a_hat
+    cols = edm_columns(prediction, s_hat, a_hat, sig[1:], a[1:])
+    cols["pre_mx"] = a_hat / a[:-1]
+    cols["pre_s"] = a_hat * (s_hat ** 2 - sig[:-1] ** 2).clamp(min=0).sqrt() * s_noise
+    # Heun's correction at sigma_{i+1} > 0, in VE: x_ve' = x_ve + (sigma' - sigma^) (d + d') / 2
+    last = sig[1:] == 0
+    s2 = torch.where(last, 1.0, sig[1:])
+    cx2, co2 = x0_coefs(prediction, a[1:], a[1:] * s2)
+    h = sig[1:] - s_hat
+    cols.update(hx=a[1:] / a_hat * (1 + h / (2 * s_hat)), hd=-a[1:] * h / (2 * s_hat),
+                he=h / (2 * s2) * (1 - a[1:] * cx2), ho=-a[1:] * h / (2 * s2) * co2,
+                a2=a[1:], std2=a[1:] * s2, co2=co2)
+    pre = ((cols["pre_mx"] != 1) | (cols["pre_s"] > 0)).tolist()
+    noise = NoiseStream(seed, len(x), x.device) if bool((cols["pre_s"] > 0).any()) else None
+    times2 = torch.cat([times[1:], times[-1:]])          # the last step has no second call
+    dev_times = (model_times(process, t_hat, x.device), model_times(process, times2, x.device))
+    return euler_heun_loop(as_denoiser(model), x, StepTable(cols, x.device), dev_times,
+                           (~last & heun).tolist(), pre=pre, noise=noise, callback=callback,
+                           progress=progress, desc="heun" if heun else "euler")
+
+
+def sample_euler(model, x, process, *, steps: int = 50, sigma_min=None, sigma_max=None,
+                 rho: float = 7.0, churn: float = 0.0, s_tmin: float = 0.0,
+                 s_tmax: float = float("inf"), s_noise: float = 1.0, prediction: str = "eps",
+                 seed=None, callback=None, progress=False):
+    """EDM's Euler sampler with churn (Karras et al. 2022, Alg. 2 without the correction):
+
+    sigma^ = sigma_i (1 + gamma_i), x^ = x + sqrt(sigma^2 - sigma_i^2) s_noise z,
+    x_{i+1} = x^ + (sigma_{i+1} - sigma^) (x^ - D(x^, sigma^)) / sigma^     (VE coordinates)
+
+    on the grid of ``edm_sigmas``, one ``sample_step`` per step (plus one for the churn noise).
+    gamma_i = min(churn / N, sqrt(2) - 1) for sigma_i in [s_tmin, s_tmax], else 0; churn = 0 is
+    the deterministic probability-flow ODE in sigma.
+
+    Args:
+        model: ``model(x, t)`` with t the process's [B] time (step index, t, or sigma), or a
+            ``Denoiser``.
+        x: x_T [B, ...] at the prior (prior_std * z); process: any (discrete, SDE, noise ladder).
+        steps: grid size N (model calls; a discrete schedule may merge a few).
+        sigma_min, sigma_max, rho: the Karras grid (default: the process's ``sigma_range``).
+        churn, s_tmin, s_tmax, s_noise: S_churn, S_tmin, S_tmax, S_noise of Algorithm 2.
+        seed: the noise stream's seed (churn only).
+        callback: callback({"i", "t", "x", "x0"}) after each step.
+
+    Returns:
+        x_0 [B, ...].
+    """
+    return _sample_edm(False, model, x, process, steps, sigma_min, sigma_max, rho, churn, s_tmin,
+                       s_tmax, s_noise, prediction, seed, callback, progress)
+
+
+def sample_heun(model, x, process, *, steps: int = 50, sigma_min=None, sigma_max=None,
+                rho: float = 7.0, churn: float = 0.0, s_tmin: float = 0.0,
+                s_tmax: float = float("inf"), s_noise: float = 1.0, prediction: str = "eps",
+                seed=None, callback=None, progress=False):
+    """EDM's Heun sampler (Karras et al. 2022, Algorithms 1-2): ``sample_euler``'s step, then
+
+    x_{i+1} = x^ + (sigma_{i+1} - sigma^) (d + d') / 2,  d = (x^ - D^) / sigma^,
+    d' = (x_e - D(x_e, sigma_{i+1})) / sigma_{i+1}, x_e the Euler step's result,
+
+    skipped on the last step to sigma = 0: 2N - 1 model calls. Native coordinates: the Euler
+    ``sample_step`` (returning D^), then one ``lincomb`` of [x^, D^, x_e, out'] (D' folded in).
+    Arguments as ``sample_euler``.
+    """
+    return _sample_edm(True, model, x, process, steps, sigma_min, sigma_max, rho, churn, s_tmin,
+                       s_tmax, s_noise, prediction, seed, callback, progress)
+
+
+def dpmpp_2m_columns(prediction: str, sig, a) -> dict:
+    """DPM-Solver++(2M) per step as one lincomb of [x, out, x_prev, out_prev]:
+
+    lambda = -log sigma, h = lambda' - lambda, k = h / (2 h_prev) (= 1/(2r); 0 on the first step
+    and the step to sigma = 0), D_c = (1 + k) D - k D_prev,
+    x_ve' = (sigma' / sigma) x_ve - expm1(-h) D_c, i.e. edm_columns' step with D_c for D:
+    x' = mx x + m0 (1 + k) (cx x + co out) - m0 k (cx_prev x_prev + co_prev out_prev).
+    """
+    c = edm_columns(prediction, sig[:-1], a[:-1], sig[1:], a[1:])
+    lam = -sig.log()
+    h = lam[1:] - lam[:-1]
+    k = torch.zeros_like(h)
+    k[1:] = torch.where(sig[2:] > 0, h[1:] / (2 * h[:-1]), 0.0)
+    m, cx_prev, co_prev = c["m0"] * (1 + k), c["cx"].roll(1), c["co"].roll(1)
+    return dict(c, px=c["mx"] + m * c["cx"], po=m * c["co"], qx=-c["m0"] * k * cx_prev,
+                qo=-c["m0"] * k * co_prev, k=k)
+
+
+def sample_dpmpp_2m(model, x, process, *, steps: int = 50, sigma_min=None, sigma_max=None,
+                    rho: float = 7.0, prediction: str = "eps", seed=None, callback=None,
+                    progress=False):
+    """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Alg. 2; k-diffusion's sample_dpmpp_2m):
+    the multistep second-order solver of the data-prediction ODE on the ``edm_sigmas`` grid,
+
+    x_ve' = (sigma' / sigma) x_ve - expm1(-h) ((1 + 1/(2r)) D - 1/(2r) D_prev),
+    h = log(sigma / sigma'), r = h_prev / h (first order on the first step and to sigma = 0).
+
+    One pass a step: the step's ``lincomb`` reads x, the model output and the previous step's x
+    and output (D and D_prev folded into the coefficients) and writes x'. N model calls.
+
+    Args:
+        as ``sample_euler`` (no churn); seed is unused (deterministic).
+        callback: callback({"i", "t", "x", "x0"}) after each step (x0 costs one more pass).
+
+    Returns:
+        x_0 [B, ...].
+    """
+    process, times, sig, a, x = _start(x, process, prediction, steps, sigma_min, sigma_max, rho)
+    cols = dpmpp_2m_columns(prediction, sig, a)
+    second = (cols.pop("k") > 0).tolist()
+    table, den = StepTable(cols, x.device), as_denoiser(model)
+    dev_times = model_times(process, times, x.device)
+    prev = None
+    for i in steps_bar(len(table), progress, "dpmpp_2m"):
+        c, t = table.row(i), batch_time(dev_times, i, len(x))
+        out, uncond = guided_pair(den, x, t, c["a"], c["std"], c["co"])
+        terms, coefs = output_terms(den, out, uncond, c["po"])
+        terms, coefs = [x, *terms], [c["px"], *coefs]
+        if second[i]:
+            prev_terms, prev_coefs = output_terms(den, prev[1], prev[2], c["qo"])
+            terms, coefs = terms + [prev[0], *prev_terms], coefs + [c["qx"], *prev_coefs]
+        prev, x = (x, out, uncond), lincomb(terms, coefs)
+        if callback is not None:
+            terms, coefs = output_terms(den, out, uncond, c["co"])
+            callback({"i": i, "t": t, "x": x, "x0": lincomb([prev[0], *terms], [c["cx"], *coefs])})
+    return x
