@@ -621,6 +621,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", metavar="FILE.png", help="bar chart (needs matplotlib)")
 
 
+def write_json(report: dict, path: str) -> None:
+    """The report (every number and the machine) as JSON at ``path``."""
+    with open(path, "w") as f:
+        json.dump(report, f, indent=1)
+    print(f"wrote {path}")
+
+
 def run_from_args(args: argparse.Namespace) -> dict:
     names = [n.strip() for n in args.ops.split(",") if n.strip()]
     try:
@@ -633,9 +640,7 @@ def run_from_args(args: argparse.Namespace) -> dict:
     print(format_table(report))
     print(f"(benchmark wall time {report['wall_s']:.1f} s)")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
-        print(f"wrote {args.json}")
+        write_json(report, args.json)
     if args.plot:
         try:
             plot(report, args.plot)

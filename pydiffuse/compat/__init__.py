@@ -1,0 +1,3 @@
+"""Adapters to other libraries, each an optional import of its own:
+``pydiffuse.compat.diffusers`` (needs ``pip install diffusers``) holds drop-in fused schedulers
+for diffusers pipelines and ``schedule_from_diffusers``."""
