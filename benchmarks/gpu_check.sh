@@ -5,12 +5,13 @@
 #
 #     OUT=/path/to/results bash benchmarks/gpu_check.sh
 #
-# builds pydiffuse._C with the CUDA kernels, runs the tests, `pydiffuse info`, the benchmarks
-# (float32 and bfloat16) and a DDIM loop, and writes into $OUT (at most 8 files):
+# builds pydiffuse._C with the CUDA kernels, runs the device tests, `pydiffuse info`, the
+# benchmarks (float32 and bfloat16), a DDIM loop (also as one CUDA graph) and the sampling
+# benchmark, and writes into $OUT (at most 9 files):
 #   gpu_check.log  every step's command, output and exit status
 #   report.md      card, date, versions, step summary, test summary, benchmark tables
-#   bench_fp32.{json,png}, bench_bf16.{json,png}
-# Each step has a timeout and the whole run fits GPU_CHECK_BUDGET_S (default 470 s); a failing
+#   bench_fp32.{json,png}, bench_bf16.{json,png}, bench_sampling.json
+# Each step has a timeout and the whole run fits GPU_CHECK_BUDGET_S (default 540 s); a failing
 # step is recorded and the next one runs. Results go to benchmarks/results/ with card and date.
 #
 # Dry run without a GPU: GPU_CHECK_CPU=1 (cpu device, --quick benchmarks, no build unless
@@ -19,7 +20,7 @@ set -u -o pipefail
 
 OUT=${OUT:-$PWD/out}
 PY=${PYTHON:-python3}
-BUDGET=${GPU_CHECK_BUDGET_S:-470}
+BUDGET=${GPU_CHECK_BUDGET_S:-540}
 CPU_ONLY=${GPU_CHECK_CPU:-0}
 mkdir -p "$OUT"
 LOG=$OUT/gpu_check.log
@@ -91,13 +92,22 @@ if [ "$BUILD" = 1 ]; then
 else
   skip build "GPU_CHECK_BUILD=0: using the pydiffuse already built here"
 fi
-step tests 150 "$PY" -m pytest -x -q tests
+# The device tests: every op backend on CUDA, the modules, and the samplers' CUDA-graph replay and
+# no-host-sync checks (tests/samplers/test_front_door.py); the rest of the suite is CPU-side.
+step tests 200 "$PY" -m pytest --maxfail=25 -q tests/ops tests/nn tests/samplers/test_front_door.py \
+  tests/samplers/test_reproducibility.py
 step info 60 "$PY" -m pydiffuse.cli info
 step bench_fp32 110 "$PY" -m pydiffuse.cli bench $QUICK --device "$DEVICE" --dtype float32 \
   --json "$OUT/bench_fp32.json" --plot "$OUT/bench_fp32.png"
 step bench_bf16 110 "$PY" -m pydiffuse.cli bench $QUICK --device "$DEVICE" --dtype bfloat16 \
   --json "$OUT/bench_bf16.json" --plot "$OUT/bench_bf16.png"
 step ddim 60 "$PY" -m pydiffuse._demo_loop --device "$DEVICE"
+if "$PY" -c "import diffusers" 2>/dev/null; then
+  step sampling 90 "$PY" benchmarks/bench_sampling.py $QUICK --device "$DEVICE" \
+    --json "$OUT/bench_sampling.json"
+else
+  skip sampling "diffusers is not installed (benchmarks/bench_sampling.py compares against it)"
+fi
 
 # report.md: from the step outputs kept in $TMP.
 printf '%s\n' "${SUMMARY[@]}" >"$TMP/summary"
@@ -138,6 +148,7 @@ for name in ("bench_fp32", "bench_bf16"):
     start = text.find("pydiffuse ")  # the table's first line; progress or errors before it
     lines += [f"## {name}", "", block(text[start:] if start >= 0 else text[-3000:])]
 lines += ["## DDIM loop", "", block(read("ddim"))]
+lines += ["## Sampling benchmark", "", block(read("sampling"))]
 (out / "report.md").write_text("\n".join(lines) + "\n")
 print("wrote", out / "report.md")
 EOF

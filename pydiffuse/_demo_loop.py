@@ -1,21 +1,21 @@
-"""A short DDIM loop (Song et al. 2021, "Denoising Diffusion Implicit Models") on the fused
-``sample_step``, timed beside the same loop in eager torch: ``pydiffuse demo`` and
-``benchmarks/bench_sampling.py``.
+"""A short DDIM loop (Song et al. 2021, "Denoising Diffusion Implicit Models"):
+``pydiffuse.samplers.sample_ddim`` (one fused ``sample_step`` per step) timed beside the same
+loop in eager torch, for ``pydiffuse demo`` and ``benchmarks/gpu_check.sh`` (which adds the
+CUDA-graph run).
 
 The model is a stand-in (``eps = 0.1 x``), so the numbers measure the sampler's own cost, not a
-network's. The linear beta schedule of DDPM (1e-4 .. 0.02, T = 1000) is computed in float64 and
-each step's coefficients become Python floats (packed as float32 by the op).
+network's; the schedule is DDPM's linear one (T = 1000), the coefficients ``ddim_table``'s.
 """
 
 import argparse
-import math
 import statistics
 import sys
 import time
 
 import torch
 
-from pydiffuse import ops
+from pydiffuse import ops, sample, schedules
+from pydiffuse.samplers.ddim import ddim_schedule, ddim_table, sample_ddim
 
 DEMO_SHAPE = (8, 4, 128, 128)
 
@@ -24,48 +24,26 @@ def _model(x, t):
     return 0.1 * x
 
 
-def ddim_coefficients(steps: int, eta: float = 0.0, num_timesteps: int = 1000):
-    """[(t, StepCoefs)] of a DDIM run with ``steps`` uniformly spaced steps, eps prediction:
-
-    x0 = (x - sqrt(1 - a_t) eps) / sqrt(a_t);  eps = (x - sqrt(a_t) x0) / sqrt(1 - a_t)
-    next = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps + sigma z,
-    sigma = eta sqrt((1 - a_prev) / (1 - a_t)) sqrt(1 - a_t / a_prev).
-    """
-    betas = torch.linspace(1e-4, 0.02, num_timesteps, dtype=torch.float64)
-    alphas_cumprod = torch.cumprod(1 - betas, 0).tolist()
-    timesteps = list(range(0, num_timesteps, num_timesteps // steps))[::-1]
-    plan = []
-    for i, t in enumerate(timesteps):
-        a_t = alphas_cumprod[t]
-        a_prev = alphas_cumprod[timesteps[i + 1]] if i + 1 < len(timesteps) else 1.0
-        sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
-        plan.append((t, ops.StepCoefs(
-            cx=1 / math.sqrt(a_t), co=-math.sqrt(1 - a_t) / math.sqrt(a_t),
-            ex=1 / math.sqrt(1 - a_t), e0=-math.sqrt(a_t) / math.sqrt(1 - a_t),
-            m0=math.sqrt(a_prev), me=math.sqrt(max(1 - a_prev - sigma**2, 0.0)), s=sigma)))
-    return plan
+def ddim_fused(x, steps, eta=0.0, model=_model, *, clip=1.0, seed=0):
+    """The DDIM loop of ``pydiffuse.samplers.sample_ddim`` (noise from the stream when eta > 0)."""
+    return sample_ddim(model, x, schedules.linear(1000), steps=steps, eta=eta, clip=clip,
+                       seed=seed)
 
 
-def ddim_fused(x, plan, model=_model, *, clip=1.0, seed=0):
-    """The DDIM loop, one fused ``sample_step`` per step (noise from the stream when eta > 0)."""
-    t_batch = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
-    for i, (t, c) in enumerate(plan):
-        eps = model(x, t_batch.fill_(t))
-        x = ops.sample_step(x, eps, c, clip=clip, seed=seed if c.s else None, step=i)
-    return x
-
-
-def ddim_eager(x, plan, model=_model, *, clip=1.0, seed=0):
+def ddim_eager(x, steps, eta=0.0, model=_model, *, clip=1.0, seed=0):
     """The same loop written in eager torch (noise from ``torch.randn`` when eta > 0)."""
-    t_batch = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
+    sched = ddim_schedule(schedules.linear(1000), steps)
+    cols = {k: v.tolist() for k, v in ddim_table(sched, "eps", eta).items()}
     gen = torch.Generator(device=x.device).manual_seed(seed)
-    for t, c in plan:
-        eps = model(x, t_batch.fill_(t))
-        x0 = (c.cx * x + c.co * eps).clamp(-clip, clip)
-        eps = c.ex * x + c.e0 * x0
-        x = c.m0 * x0 + c.me * eps
-        if c.s:
-            x = x + c.s * torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+    for i in reversed(range(len(sched))):
+        t = torch.full((x.shape[0],), int(sched.timesteps[i]), device=x.device)
+        eps = model(x, t)
+        x0 = (cols["cx"][i] * x + cols["co"][i] * eps).clamp(-clip, clip)
+        eps = cols["ex"][i] * x + cols["e0"][i] * x0
+        x = cols["m0"][i] * x0 + cols["me"][i] * eps
+        if cols["s"][i]:
+            x = x + cols["s"][i] * torch.randn(x.shape, generator=gen, device=x.device,
+                                               dtype=x.dtype)
     return x
 
 
@@ -90,7 +68,6 @@ def ddim_loop_demo(steps: int = 50, shape=DEMO_SHAPE, *, device=None, dtype=torc
         eta = 0 (no noise), the relative difference of the two final samples.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    plan = ddim_coefficients(steps, eta)
     gen = torch.Generator(device=device).manual_seed(seed)
     x_T = torch.randn(shape, generator=gen, device=device, dtype=dtype)
     backend = ops.current_backend(device)
@@ -98,10 +75,10 @@ def ddim_loop_demo(steps: int = 50, shape=DEMO_SHAPE, *, device=None, dtype=torc
         f"x_T {'x'.join(map(str, shape))} {str(dtype).removeprefix('torch.')} on {device} "
         f"(pydiffuse backend: {backend})")
     # One untimed run each (warm-up), then the median of `repeats` timed runs.
-    fused_out = ddim_fused(x_T, plan, seed=seed)
-    eager_out = ddim_eager(x_T, plan, seed=seed)
-    fused_s = _time_loop(lambda: ddim_fused(x_T, plan, seed=seed), repeats, device)
-    eager_s = _time_loop(lambda: ddim_eager(x_T, plan, seed=seed), repeats, device)
+    fused_out = ddim_fused(x_T, steps, eta, seed=seed)
+    eager_out = ddim_eager(x_T, steps, eta, seed=seed)
+    fused_s = _time_loop(lambda: ddim_fused(x_T, steps, eta, seed=seed), repeats, device)
+    eager_s = _time_loop(lambda: ddim_eager(x_T, steps, eta, seed=seed), repeats, device)
     result = {"steps": steps, "shape": list(shape), "device": str(device),
               "dtype": str(dtype).removeprefix("torch."), "backend": backend, "eta": eta,
               "fused_steps_per_s": steps / fused_s, "eager_steps_per_s": steps / eager_s,
@@ -111,6 +88,17 @@ def ddim_loop_demo(steps: int = 50, shape=DEMO_SHAPE, *, device=None, dtype=torc
         result["rel_diff"] = ((a - b).norm() / b.norm()).item()
     log(f"  fused (pydiffuse.ops.sample_step): {result['fused_steps_per_s']:8.1f} steps/s")
     log(f"  eager torch:                       {result['eager_steps_per_s']:8.1f} steps/s")
+    if device.type == "cuda":        # the whole loop as one captured CUDA graph, replayed
+        def graph_run():
+            return sample(_model, x_T=x_T, process=schedules.linear(1000), sampler="ddim",
+                          steps=steps, eta=eta, clip=1.0, seed=seed, cuda_graph=True)
+        graph_out = graph_run()
+        graph_s = _time_loop(graph_run, repeats, device)
+        result["graph_steps_per_s"] = steps / graph_s
+        result["graph_vs_fused_max_diff"] = (graph_out - fused_out).abs().max().item()
+        log(f"  fused, one CUDA graph:             {result['graph_steps_per_s']:8.1f} steps/s "
+            f"(max difference from the eager-launched loop "
+            f"{result['graph_vs_fused_max_diff']:.1e})")
     log(f"  speedup {result['speedup']:.2f}x"
         + ("" if result["rel_diff"] is None
            else f"; fused vs eager final sample: relative difference {result['rel_diff']:.1e}"))

@@ -1,8 +1,6 @@
 """``langevin_step``: the Langevin update of SGLD, annealed Langevin (NCSN) and the score-SDE
 corrector, fused."""
 
-import torch
-
 from . import _dispatch
 from ._checks import (check_data, check_dtype_backend, check_same, check_step_index,
                       check_stream_size)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import pydiffuse.ops as ops
-from pydiffuse.ops import BackendUnavailable, StepCoefs, available_backends, backend, current_backend
+from pydiffuse.ops import (BackendUnavailable, StepCoefs, available_backends, backend,
+                           current_backend)
 
 
 def test_default_is_the_compiled_cpu_backend():

@@ -58,7 +58,8 @@ def test_independent_between_steps_samples_seeds_and_neighbours():
 
 def test_every_backend_gives_the_reference_stream(backend_name):
     device = backend_device(backend_name)
-    for seed, shape, step in ((0, [3, 1000], 0), (2**40 + 7, [2, 3, 5, 7], 123), ([9, 8], [2, 33], 4)):
+    for seed, shape, step in ((0, [3, 1000], 0), (2**40 + 7, [2, 3, 5, 7], 123),
+                              ([9, 8], [2, 33], 4)):
         z = randn(shape, seed, step, device=device)
         with backend("reference"):
             expected = randn(shape, seed, step, device=device)
