@@ -1,0 +1,22 @@
+"""Training data: scikit-learn's 8x8 digits, image folders and ``.npz`` arrays, and toy 2-D sets.
+
+Each is a ``torch.utils.data.Dataset`` of x or (x, y): images float32 [C, H, W] in [-1, 1],
+toy points float32 [2].
+"""
+
+from .digits import digits
+from .images import ImageFolder, npz_dataset, resize_center_crop
+from .toy import TOY_SETS, circle_means, gaussian_mixture, moons, rings, swiss_roll
+
+__all__ = [
+           "TOY_SETS",
+           "ImageFolder",
+           "circle_means",
+           "digits",
+           "gaussian_mixture",
+           "moons",
+           "npz_dataset",
+           "resize_center_crop",
+           "rings",
+           "swiss_roll",
+]
