@@ -1,0 +1,418 @@
+"""One training loop for every objective: Adam(W) with warm-up, gradient clipping, EMA, autocast,
+a NaN/inf guard, logging, atomic checkpoints, exact resume and data parallelism under torchrun.
+
+Exact resume rests on three choices: each step's batch is a pure function of (seed, step)
+(``StepBatches``); the global RNGs are re-seeded at each step from (seed, step, rank), so no
+generator state needs saving and a crash at any point of a step loses nothing; and the learning
+rate is a function of the step (no scheduler state). Everything else that changes (weights,
+EMA, optimizer, loss scaler, the objective's state, the logging window) is checkpointed.
+"""
+
+import copy
+import json
+import logging
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset, default_collate
+from tqdm.auto import tqdm
+
+from . import distributed
+from .checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from .ema import EMA
+
+logger = logging.getLogger("pydiffuse.training")
+
+_MASK64 = (1 << 64) - 1
+AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
+def mix_seed(*values: int) -> int:
+    """A 63-bit seed from a tuple of ints (SplitMix64's finalizer folded over them), so that
+    (seed, step, rank) streams are unrelated although their ints are close."""
+    z = 0
+    for v in values:
+        z = (z + (int(v) & _MASK64) + 0x9E3779B97F4A7C15) & _MASK64
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+        z ^= z >> 31
+    return z >> 1
+
+
+def seed_all(seed: int):
+    """Seed torch (CPU and CUDA), numpy's and Python's global generators."""
+    torch.manual_seed(seed)
+    np.random.seed(seed & 0xFFFFFFFF)
+    random.seed(seed)
+
+
+class StepBatches(Sampler):
+    """The example indices of each step, a pure function of (seed, step): the data are read in
+    epochs, each a permutation drawn from (seed, epoch); step s takes items [sB, (s+1)B) of that
+    stream and rank r the r-th of its world_size equal slices. A resumed run therefore reads
+    exactly what an uninterrupted one would.
+
+    Args:
+        n: dataset size. batch_size: the global batch B. seed: the data seed.
+        start, stop: the steps to yield. rank, world_size: this process's slice.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int,
+                 rank: int = 0, world_size: int = 1):
+        self.n, self.batch, self.seed = n, batch_size, seed
+        self.start, self.stop, self.rank, self.world = start, stop, rank, world_size
+        self._epoch, self._perm = None, None
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if epoch != self._epoch:
+            gen = torch.Generator().manual_seed(mix_seed(self.seed, 1, epoch))
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=gen)
+        return self._perm
+
+    def indices(self, step: int) -> torch.Tensor:
+        """This rank's indices at ``step``, [B / world_size]."""
+        local = self.batch // self.world
+        pos, parts = step * self.batch + self.rank * local, []
+        while local > 0:
+            epoch, offset = divmod(pos, self.n)
+            part = self._permutation(epoch)[offset:offset + local]
+            parts.append(part)
+            pos, local = pos + len(part), local - len(part)
+        return torch.cat(parts)
+
+    def __iter__(self):
+        for step in range(self.start, self.stop):
+            yield self.indices(step).tolist()
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+
+def _unwrap(batch):
+    """x for a one-field batch, else the (x, y, ...) fields."""
+    return batch[0] if isinstance(batch, (list, tuple)) and len(batch) == 1 else batch
+
+
+def _collate(items):
+    return _unwrap(default_collate(items))
+
+
+def _logged_step(line: str) -> float:
+    """The step of a log.jsonl line (inf for a line cut short by a crash)."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
+def _to(batch, device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    return type(batch)(_to(b, device) for b in batch)
+
+
+class Trainer:
+    """Train ``model`` on ``objective(model, batch) -> {"loss", "per_example", "t"}``.
+
+    Each step: the batch of ``StepBatches`` (this rank's slice of the global batch), the global
+    RNGs seeded from (seed, step, rank) (so the objective's noise is reproducible, and a run
+    killed at any point and resumed draws what an uninterrupted one draws), the loss under
+    autocast, backward (DDP averages the gradients over the ranks), gradient clipping to
+    ``grad_clip`` in global norm, and, if the loss and gradient norm are finite, an Adam(W) step
+    at lr * min(1, (step + 1) / warmup) and the EMA updates; otherwise the step is skipped and
+    logged. Every ``log_every`` steps a line goes to ``<run_dir>/log.jsonl`` (the mean loss, the
+    mean loss per quartile of the objective's t, lr, gradient norm); every ``save_every`` steps
+    and at the end a checkpoint ``<run_dir>/step_<N>`` (``checkpoint.py``); an exception or
+    KeyboardInterrupt during training writes one for the last completed step before re-raising.
+
+    Args:
+        model: the network (moved to ``device``).
+        objective: ``objective(model, batch) -> {"loss": scalar, "per_example": [B],
+            "t": [B] in [0, 1] or None}``; if it has ``state_dict``/``load_state_dict`` (e.g. a
+            loss history), that state is checkpointed too.
+        data: a Dataset of x or (x, y) (a TensorDataset is sliced directly, without a loader).
+        run_dir: where logs and checkpoints go.
+        batch_size: the global batch (split evenly over the ranks).
+        lr, betas, eps, weight_decay, optimizer: Adam ("adam") or AdamW ("adamw") settings.
+        warmup: linear warm-up steps (0: none). grad_clip: max global gradient norm (None: off).
+        ema_rates: EMA decay rates (one EMA copy each; () for none).
+        amp: None, "bf16" or "fp16" autocast (fp16 with a dynamic loss scaler).
+        seed: seeds the data order and the per-step RNG streams.
+        log_every, save_every: intervals in steps (save_every None: only at the end).
+        keep: how many checkpoints to keep (older ones are deleted).
+        config: JSON-serializable settings written to each checkpoint's config.json (the model
+            preset and kwargs, process and prediction for ``pydiffuse.load``).
+        resume: False; True (the newest checkpoint in run_dir, if any); or a checkpoint path.
+        device: default the model's device, or this rank's GPU under torchrun.
+        num_workers: DataLoader workers (0: load in this process).
+        progress: show a tqdm bar (None: when on a terminal; never on ranks other than 0).
+    """
+
+    def __init__(self, model, objective, data: Dataset, *, run_dir, batch_size: int = 128,
+                 lr: float = 2e-4, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, optimizer: str = "adam", warmup: int = 0,
+                 grad_clip: float | None = 1.0, ema_rates=(0.9999,), amp: str | None = None,
+                 seed: int = 0, log_every: int = 100, save_every: int | None = None,
+                 keep: int = 2, config: dict | None = None, resume=False, device=None,
+                 num_workers: int = 0, progress: bool | None = None):
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {optimizer!r}")
+        if amp not in AMP_DTYPES:
+            raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
+        if grad_clip is not None and not grad_clip > 0:
+            raise ValueError(f"grad_clip must be positive or None, got {grad_clip!r}")
+        for name, value, low in (("log_every", log_every, 1), ("keep", keep, 1),
+                                 ("warmup", warmup, 0), ("save_every", save_every, 1)):
+            if not (value is None and name == "save_every") and (
+                    not isinstance(value, int) or value < low):
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        self.dist = distributed.setup()
+        if batch_size % self.dist.world_size:
+            raise ValueError(f"batch_size {batch_size} must be divisible by the number of ranks "
+                             f"({self.dist.world_size})")
+        if len(data) == 0:
+            raise ValueError("the dataset is empty")
+        if device is None:
+            device = self.dist.device if self.dist.world_size > 1 else next(
+                iter(model.parameters())).device
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.net = model if self.dist.world_size == 1 else DistributedDataParallel(
+            model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.objective, self.data = objective, data
+        self.run_dir = Path(run_dir)
+        self.batch_size, self.lr, self.warmup, self.grad_clip = batch_size, lr, warmup, grad_clip
+        self.amp, self.seed, self.num_workers = amp, seed, num_workers
+        self.log_every, self.save_every, self.keep = log_every, save_every, keep
+        self.config, self.progress = dict(config or {}), progress
+        self.optimizer = OPTIMIZERS[optimizer](model.parameters(), lr=lr, betas=tuple(betas),
+                                               eps=eps, weight_decay=weight_decay)
+        self.scaler = torch.amp.GradScaler(self.device.type) if amp == "fp16" else None
+        self.ema = EMA(model, ema_rates) if ema_rates else None
+        self.settings = {"batch_size": batch_size, "lr": lr, "betas": list(betas), "eps": eps,
+                         "weight_decay": weight_decay, "optimizer": optimizer, "warmup": warmup,
+                         "grad_clip": grad_clip, "ema_rates": list(ema_rates), "amp": amp,
+                         "seed": seed}
+        self.step, self.skipped, self.history, self._saved = 0, 0, [], None
+        # the logging window: loss sum, steps, 4 quartile loss sums, 4 counts, grad norm sum
+        self.window = torch.zeros(11, dtype=torch.float64)
+        # a step's phases: _mid_step (objective, backward: undone on a crash), then _updating
+        # (optimizer, EMA, counters: a crash there leaves no consistent state to save)
+        self._mid_step, self._updating, self._objective_before = False, False, None
+        self._shown = {}
+        if resume:
+            path = latest_checkpoint(self.run_dir) if resume is True else Path(resume)
+            if path is not None:
+                self.load(path)
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of step ``step`` (0-based): lr * min(1, (step + 1) / warmup)."""
+        return self.lr * min(1.0, (step + 1) / self.warmup) if self.warmup else self.lr
+
+    def ema_model(self, rate: float | None = None) -> torch.nn.Module:
+        """A frozen copy of the model with the EMA weights of ``rate`` (default the first)."""
+        if self.ema is None:
+            raise ValueError("this Trainer keeps no EMA (ema_rates=())")
+        return self.ema.model(self.model, rate)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def _batches(self, stop: int):
+        sampler = StepBatches(len(self.data), self.batch_size, self.seed, self.step, stop,
+                              self.dist.rank, self.dist.world_size)
+        if isinstance(self.data, TensorDataset) and self.num_workers == 0:
+            for step in range(self.step, stop):
+                idx = sampler.indices(step)
+                yield _unwrap(tuple(t[idx] for t in self.data.tensors))
+            return
+        yield from DataLoader(self.data, batch_sampler=sampler, num_workers=self.num_workers,
+                              collate_fn=_collate, pin_memory=self.device.type == "cuda")
+
+    def train(self, steps: int) -> list:
+        """Train until ``steps`` steps in all (counting those of a resumed run), then save.
+
+        Returns:
+            the loss history, one global mean loss per step (NaN where a step was skipped).
+        """
+        show = self.dist.is_main and self.progress is not False
+        bar = tqdm(total=steps, initial=self.step, desc="train", dynamic_ncols=True,
+                   disable=None if show and self.progress is None else not show)
+        start, ran = time.perf_counter(), 0
+        try:
+            for batch in self._batches(steps):
+                self.window += self._step(_to(batch, self.device))
+                ran += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{self.history[-1]:.4g}", **self._shown, refresh=False)
+                if self.step % self.log_every == 0:
+                    self._log(ran / max(time.perf_counter() - start, 1e-9))
+                    self.window.zero_()
+                    start, ran = time.perf_counter(), 0
+                if self.save_every and self.step % self.save_every == 0:
+                    self.save()
+        except BaseException:
+            if self._updating:
+                logger.error("interrupted inside the optimizer update of step %d: weights are "
+                             "half-updated, no checkpoint written", self.step)
+                raise
+            if self._mid_step and self._objective_before is not None:   # undo its history
+                self.objective.load_state_dict(self._objective_before)
+            self._mid_step = False
+            if self._saved != self.step:
+                logger.warning("interrupted at step %d: writing a checkpoint", self.step)
+                self.save()
+            raise
+        finally:
+            bar.close()
+        if self._saved != self.step:
+            self.save()
+        return self.history
+
+    def _step(self, batch) -> torch.Tensor:
+        """One optimizer step; returns [loss, 1, quartile loss sums (4), counts (4), grad norm]
+        for the logging window (zeros where skipped)."""
+        seed_all(mix_seed(self.seed, 0, self.step, self.dist.rank))
+        self._objective_before = copy.deepcopy(self._objective_state())
+        self._mid_step = True
+        self.model.train()
+        with torch.autocast(self.device.type, dtype=AMP_DTYPES[self.amp] or torch.bfloat16,
+                            enabled=self.amp is not None):
+            out = self.objective(self.net, batch)
+        loss = out["loss"]
+        self.optimizer.zero_grad(set_to_none=True)
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip or math.inf)
+        local = torch.cat([loss.detach().double().reshape(1), self._quartiles(out)])
+        stats = distributed.all_reduce_sum(local).double().cpu()
+        stats[0] /= self.dist.world_size
+        value, norm = float(stats[0]), float(norm)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        finite = math.isfinite(value) and math.isfinite(norm)
+        self._updating = True
+        if finite:
+            if self.scaler:
+                self.scaler.step(self.optimizer)
+            else:
+                self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
+        else:
+            self.skipped += 1
+            if self.dist.is_main:      # an fp16 gradient overflow is the loss scaler's routine
+                overflow = self.scaler is not None and math.isfinite(value)
+                logger.log(logging.INFO if overflow else logging.WARNING,
+                           "step %d: non-finite %s (loss %g, gradient norm %g): optimizer step "
+                           "skipped (%d skipped so far)", self.step,
+                           "fp16 gradient" if overflow else "loss" if not math.isfinite(value)
+                           else "gradient", value, norm, self.skipped)
+        if self.scaler:
+            self.scaler.update()
+        self.step += 1
+        self.history.append(value)
+        self._mid_step = self._updating = False
+        if not finite:
+            return torch.zeros(11, dtype=torch.float64)
+        return torch.cat([stats[:1], torch.ones(1, dtype=torch.float64), stats[1:],
+                          torch.tensor([norm], dtype=torch.float64)])
+
+    @staticmethod
+    def _quartiles(out) -> torch.Tensor:
+        """[4 per-quartile loss sums, 4 counts] of the batch by the objective's t (zeros if
+        it has no t)."""
+        per, t = out.get("per_example"), out.get("t")
+        if per is None or t is None:
+            return torch.zeros(8, dtype=torch.float64, device=out["loss"].device)
+        q = (t.detach().double().reshape(-1) * 4).long().clamp(0, 3)
+        sums = torch.zeros(4, dtype=torch.float64, device=per.device).index_add_(
+            0, q, per.detach().double().reshape(-1))
+        return torch.cat([sums, torch.bincount(q, minlength=4).double()])
+
+    def _log(self, steps_per_s: float):
+        if not self.dist.is_main:
+            return
+        window = self.window
+        steps = int(window[1])
+        record = {"step": self.step, "loss": float(window[0] / steps) if steps else math.nan,
+                  "lr": self.lr_at(self.step - 1), "skipped": self.skipped,
+                  "grad_norm": float(window[10] / steps) if steps else math.nan,
+                  "steps_per_s": steps_per_s}
+        for i in range(4):
+            if window[6 + i] > 0:
+                record[f"loss_q{i + 1}"] = float(window[2 + i] / window[6 + i])
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        self._shown = {k: f"{v:.4g}" for k, v in record.items() if k.startswith("loss_q")}
+        logger.info("step %d: %s", self.step, " ".join(
+            f"{k} {v:.4g}" for k, v in record.items() if k.startswith("loss")))
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def _objective_state(self):
+        state_dict = getattr(self.objective, "state_dict", None)
+        return state_dict() if callable(state_dict) else None
+
+    def save(self) -> Path | None:
+        """Write the checkpoint ``<run_dir>/step_<N>`` (rank 0 only; returns its path there)."""
+        self._saved = self.step
+        if not self.dist.is_main:
+            return None
+        emas = {} if self.ema is None else {
+            r: self.ema.state_dict(self.model, r) for r in self.ema.rates}
+        state = {"step": self.step, "skipped": self.skipped, "seed": self.seed,
+                 "history": torch.tensor(self.history, dtype=torch.float64),
+                 "window": self.window.clone(),
+                 "optimizer": self.optimizer.state_dict(),
+                 "scaler": self.scaler.state_dict() if self.scaler else None,
+                 "ema_updates": self.ema.num_updates if self.ema else 0,
+                 "objective": self._objective_state()}
+        config = {**self.config, "trainer": self.settings, "step": self.step}
+        path = save_checkpoint(self.run_dir / f"step_{self.step:07d}",
+                               model=self.model.state_dict(), emas=emas, state=state,
+                               config=config)
+        prune_checkpoints(self.run_dir, self.keep)
+        return path
+
+    def load(self, path):
+        """Restore everything from a checkpoint: weights, EMA, optimizer, scaler, step, loss
+        history, logging window and the objective's state; the log file is cut back to the
+        checkpoint's step."""
+        ckpt = load_checkpoint(path)
+        state = ckpt["state"]
+        self.model.load_state_dict(ckpt["model"])
+        if self.ema is not None:
+            missing = set(self.ema.rates) - set(ckpt["ema"])
+            if missing:
+                raise ValueError(f"{path}: no EMA weights for rates {sorted(missing)}")
+            for rate in self.ema.rates:
+                self.ema.load_state_dict(rate, ckpt["ema"][rate])
+            self.ema.num_updates = state["ema_updates"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        if state["objective"] is not None and hasattr(self.objective, "load_state_dict"):
+            self.objective.load_state_dict(state["objective"])
+        self.step, self.skipped = state["step"], state["skipped"]
+        self.history = state["history"].tolist()
+        self.window = state["window"].clone()
+        self._saved = self.step
+        log = self.run_dir / "log.jsonl"
+        if self.dist.is_main and log.is_file():
+            kept = [ln for ln in log.read_text().splitlines() if _logged_step(ln) <= self.step]
+            log.write_text("".join(ln + "\n" for ln in kept))
+        logger.info("resumed from %s at step %d", path, self.step)
