@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
-DEPS := triton numpy tqdm pytest matplotlib diffusers pybind11 ninja cmake "setuptools>=77" wheel
+DEPS := triton numpy tqdm pytest matplotlib Pillow pyyaml diffusers scikit-learn safetensors pybind11 ninja cmake "setuptools>=77" wheel
 
 .PHONY: demo test build clean
 
