@@ -5,7 +5,7 @@ and the training settings (``configs/*.yaml``; ``pydiffuse train CONFIG``).
     process:   {type: linear, num_timesteps: 1000}        # see PROCESSES
     prediction: eps                                       # what the model predicts
     objective: {type: ddpm, p_uncond: 0.1}                # see OBJECTIVES (process passed in)
-    data:      {type: digits, split: train}               # see DATASETS
+    data:      {type: digits, labels: false}              # see DATASETS
     train:     {steps: 2000, batch_size: 128, lr: 2e-4}   # Trainer keywords (+ steps)
     sample:    {sampler: ddim, steps: 50}                 # defaults of `pydiffuse sample`
 
@@ -16,6 +16,7 @@ model, the process and the prediction from it.
 from pathlib import Path
 
 import yaml
+from torch.utils.data import TensorDataset
 
 from . import data, schedules, sde, training
 from .nn.presets import create_model
@@ -85,8 +86,16 @@ def build_objective(config: dict, process):
 
 
 def build_data(config: dict):
-    builder, kwargs = _typed(config["data"], "data", DATASETS)
-    return builder(**kwargs)
+    """The dataset; ``labels: false`` drops the labels of a labelled one (unconditional models)."""
+    spec = dict(config["data"])
+    keep_labels = spec.pop("labels", True)
+    builder, kwargs = _typed(spec, "data", DATASETS)
+    dataset = builder(**kwargs)
+    if keep_labels:
+        return dataset
+    if not isinstance(dataset, TensorDataset):
+        raise ValueError(f"labels: false needs a tensor dataset, got {type(dataset).__name__}")
+    return TensorDataset(dataset.tensors[0])
 
 
 def train_from_config(config: dict, run_dir, *, steps=None, resume=False, progress=None,

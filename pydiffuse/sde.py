@@ -182,6 +182,10 @@ class VPSDE(SDE):
         if not 0 <= beta_min <= beta_max or beta_max <= 0:
             raise ValueError(f"need 0 <= beta_min <= beta_max, beta_max > 0; got {beta_min}, "
                              f"{beta_max}")
+        if beta_max / N >= 1:
+            raise ValueError(f"N = {N} steps give the discrete chain beta_max / N = "
+                             f"{beta_max / N:.3g} >= 1 (the reference discretization needs "
+                             f"N > beta_max = {beta_max}); use more steps")
         self.beta_min, self.beta_max = float(beta_min), float(beta_max)
         self.discrete_betas = torch.linspace(beta_min / N, beta_max / N, N, dtype=torch.float64)
 

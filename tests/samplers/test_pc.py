@@ -86,8 +86,8 @@ def test_pc_classifier_free_guidance(prediction):
     mixture = MIXTURES["2d"](process=sde, prediction=prediction).to(DEVICE)
     guided = Denoiser(lambda x, t, k: k * mixture(x, t), model_kwargs={"k": 2.0},
                       uncond_kwargs={"k": 3.0}, guidance=2.0)
-    torch.testing.assert_close(run_small(guided, sde, prediction, steps=20),
-                               run_small(mixture, sde, prediction, steps=20), rtol=0, atol=1e-4)
+    torch.testing.assert_close(run_small(guided, sde, prediction, steps=25),
+                               run_small(mixture, sde, prediction, steps=25), rtol=0, atol=1e-4)
 
 
 def test_pc_rejects_classifier_guidance():
