@@ -44,6 +44,7 @@ class CMakeBuild(build_ext):
 setup(
     packages=find_packages(include=["pydiffuse", "pydiffuse.*"]) + ["pydiffuse.triton_kernels"],
     package_dir={"pydiffuse.triton_kernels": "triton_kernels"},
+    package_data={"pydiffuse": ["weights/*/*.safetensors", "weights/*/*.json"]},
     ext_modules=[CMakeExtension("pydiffuse._C")],
     cmdclass={"build_ext": CMakeBuild},
 )

@@ -2,7 +2,7 @@
 
     pydiffuse info                       versions, CPU/GPU, how pydiffuse._C was built, backends
     pydiffuse bench [--quick] [...]      fused ops vs eager and torch.compile (pydiffuse.bench)
-    pydiffuse demo                       bench --quick, then a short DDIM loop on the fused ops
+    pydiffuse demo                       the main job: the shipped digits model, every sampler
     pydiffuse train CONFIG.yaml          train what a run configuration names (configs/)
     pydiffuse sample --ckpt DIR --out F  sample a checkpoint into a PNG grid or .npz
 """
@@ -49,16 +49,9 @@ def cmd_bench(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from pydiffuse import bench
-    from pydiffuse._demo_loop import ddim_loop_demo
+    from pydiffuse import demo
 
-    start = time.perf_counter()
-    print("pydiffuse demo 1/2: `pydiffuse bench --quick`: each fused op beside the same expression "
-          "in PyTorch eager and torch.compile (first torch.compile calls take a while)\n")
-    bench.run_from_args(bench_parser().parse_args(["--quick"]))
-    print("\npydiffuse demo 2/2: a 50-step DDIM loop, fused vs eager torch\n")
-    ddim_loop_demo(50)
-    print(f"\ndemo done in {time.perf_counter() - start:.0f} s")
+    demo.run(args.ckpt, n=args.n, seed=args.seed, out=args.out)
     return 0
 
 
@@ -108,8 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
                    description="Time each fused op beside the same expression in PyTorch eager "
                    "and torch.compile, and against the measured copy bandwidth."
                    ).set_defaults(func=cmd_bench)
-    sub.add_parser("demo", help="bench --quick, then a short DDIM loop on the fused ops"
-                   ).set_defaults(func=cmd_demo)
+    demo = sub.add_parser("demo", help="the main job: sample the shipped digits model with "
+                          "DDPM, DDIM, PC, ODE and CFG; a grid and a cost/quality table")
+    demo.add_argument("--ckpt", help="another checkpoint or run directory (default: shipped)")
+    demo.add_argument("--n", type=int, default=400, help="samples per sampler")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--out", default="demo_digits.png", help="the labelled PNG grid")
+    demo.set_defaults(func=cmd_demo)
     train = sub.add_parser("train", help="train the model a config file names (configs/*.yaml)")
     train.add_argument("config", help="a YAML run configuration")
     train.add_argument("--run-dir", help="logs and checkpoints (default runs/<name>)")

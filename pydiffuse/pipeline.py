@@ -6,7 +6,23 @@ import torch
 
 from . import config as run_config
 from .samplers import sample as sample_with
+from .sde import VPSDE
 from .training.checkpoint import latest_checkpoint, read_weights
+
+
+SDE_SAMPLERS = ("pc", "ode")
+SHIPPED = {"digits": Path(__file__).parent / "weights" / "digits"}
+
+
+class IndexTime:
+    """A discrete-time model seen by an SDE sampler: t in [0, 1] -> the index round(t (T - 1))
+    (score_sde's use of DDPM checkpoints)."""
+
+    def __init__(self, model, num_timesteps: int):
+        self.model, self.scale = model, num_timesteps - 1
+
+    def __call__(self, x, t, **kwargs):
+        return self.model(x, (t * self.scale).round().long(), **kwargs)
 
 
 class Pipeline:
@@ -15,6 +31,8 @@ class Pipeline:
     ``pipe.sample(n, sampler="ddim", steps=50, seed=0, **options)`` returns n samples in
     [-1, 1] (clamped) of the data's shape; class-conditional models sample unconditionally (the
     null label) unless ``labels`` are given, with classifier-free guidance ``guidance = 1 + w``.
+    A model trained on DDPM's linear schedule also runs the SDE samplers ("pc", "ode") on the VP
+    SDE whose chain that schedule is (``VPSDE.from_discrete``).
     """
 
     def __init__(self, model, process, prediction: str, config: dict, model_kwargs: dict):
@@ -27,18 +45,22 @@ class Pipeline:
         return next(self.model.parameters()).device
 
     def sample(self, n: int, *, sampler=None, steps=None, seed=0, labels=None, guidance=None,
-               progress=None, **options) -> torch.Tensor:
-        """n samples [n, *event_shape] in [-1, 1] with any sampler of ``pydiffuse.sample``."""
-        opts = {**self.defaults, **options}
-        sampler = sampler or opts.pop("sampler", "ddim")
-        opts.pop("sampler", None)
+               progress=None, return_info: bool = False, **options):
+        """n samples [n, *event_shape] in [-1, 1] with any sampler of ``pydiffuse.sample``
+        (and its {"nfe", "seconds"} with ``return_info``)."""
+        defaults = dict(self.defaults)           # the config's sampler and its options
+        default_sampler = defaults.pop("sampler", "ddim")
+        if sampler not in (None, default_sampler):
+            defaults = {}
+        sampler = sampler or default_sampler
+        opts = {**defaults, **options}
         if steps is not None:
             opts["steps"] = steps
         null = getattr(self.model, "null_label", None)
         kwargs = {}
         if null is not None:
             y = torch.full((n,), null, dtype=torch.long, device=self.device) if labels is None \
-                else torch.as_tensor(labels, device=self.device).long().reshape(-1).expand(n)
+                else _labels(labels, n, self.device)
             kwargs["model_kwargs"] = {"y": y}
             if guidance is not None:
                 if labels is None:
@@ -46,11 +68,24 @@ class Pipeline:
                 kwargs.update(guidance=guidance, uncond_kwargs={"y": torch.full_like(y, null)})
         elif labels is not None or guidance is not None:
             raise ValueError("this model is not class-conditional: no labels or guidance")
+        model, process = self.model, self.process
+        if sampler in SDE_SAMPLERS and process.kind == "discrete":
+            model, process = IndexTime(model, len(process)), VPSDE.from_discrete(process)
         with torch.no_grad():
-            x = sample_with(self.model, (n, *self.event_shape), process=self.process,
+            x = sample_with(model, (n, *self.event_shape), process=process,
                             sampler=sampler, prediction=self.prediction, seed=seed,
-                            device=self.device, progress=progress, **kwargs, **opts)
-        return x.clamp(-1, 1)
+                            device=self.device, progress=progress, return_info=True, **kwargs,
+                            **opts)
+        x, info = x[0].clamp(-1, 1), x[1]
+        return (x, info) if return_info else x
+
+
+def _labels(labels, n: int, device) -> torch.Tensor:
+    """n class labels from one label or n of them."""
+    y = torch.as_tensor(labels, device=device).long().reshape(-1)
+    if y.numel() not in (1, n):
+        raise ValueError(f"labels must be one label or one per sample ({n}), got {y.numel()}")
+    return y.expand(n)
 
 
 def _event_shape(kwargs: dict) -> tuple:
@@ -63,13 +98,16 @@ def _event_shape(kwargs: dict) -> tuple:
 
 
 def load(path, *, device=None, ema: bool = True) -> Pipeline:
-    """A ``Pipeline`` from a checkpoint directory (or a run directory: its newest checkpoint).
+    """A ``Pipeline`` from a checkpoint directory (or a run directory: its newest checkpoint), or
+    a shipped model by name ("digits").
 
     Args:
-        path: ``<run_dir>/step_<N>``, or ``<run_dir>``.
+        path: ``<run_dir>/step_<N>``, ``<run_dir>``, or a name of ``SHIPPED``.
         device: where the model goes (default the CPU).
         ema: use the EMA weights (the slowest rate) when the checkpoint has them.
     """
+    if isinstance(path, str) and path in SHIPPED:
+        path = SHIPPED[path]
     path = Path(path)
     if not (path / "config.json").is_file():
         newest = latest_checkpoint(path) if path.is_dir() else None
@@ -82,3 +120,21 @@ def load(path, *, device=None, ema: bool = True) -> Pipeline:
     model.to(device or "cpu").eval()
     return Pipeline(model, run_config.build_process(config), config.get("prediction", "eps"),
                     config, model_kwargs)
+
+
+def export(path, out_dir, *, ema: bool = True) -> Path:
+    """A checkpoint reduced to what ``load`` needs: model.safetensors (the EMA weights when
+    ``ema``) and config.json (how the shipped digits model was made from its training run)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        path = latest_checkpoint(path) or path
+    weights, config = read_weights(path, ema)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in weights.items()}, out / "model.safetensors")
+    (out / "config.json").write_text(json.dumps(config, indent=1))
+    return out

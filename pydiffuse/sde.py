@@ -193,6 +193,19 @@ class VPSDE(SDE):
         return (f"{type(self).__name__}(beta_min={self.beta_min}, beta_max={self.beta_max}, "
                 f"N={self.N})")
 
+    @classmethod
+    def from_discrete(cls, schedule) -> "VPSDE":
+        """The VP SDE whose reference discretization is ``schedule``: linear betas b_0..b_{T-1}
+        are the chain of VPSDE(T b_0, T b_{T-1}, N = T) (DDPM's schedule is VPSDE(0.1, 20)'s,
+        as score_sde samples its DDPM checkpoints; the model's index is t (T - 1))."""
+        betas, n = schedule.betas, len(schedule)
+        linear = torch.linspace(float(betas[0]), float(betas[-1]), n, dtype=torch.float64)
+        if not (torch.allclose(betas, linear, rtol=1e-9, atol=0)
+                and torch.equal(schedule.timesteps, torch.arange(n))):
+            raise ValueError("only a full linear-beta schedule is the chain of a VP SDE; "
+                             f"{schedule!r} is not")
+        return cls(float(betas[0]) * n, float(betas[-1]) * n, n)
+
     def beta(self, t):
         return self.beta_min + _time(t) * (self.beta_max - self.beta_min)
 

@@ -1,0 +1,61 @@
+"""``pydiffuse demo`` end to end on a tiny freshly trained model, the SDE view of a linear
+schedule, and the shipped digits checkpoint."""
+
+import math
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from pydiffuse import config, demo, pipeline, schedules, sde
+from pydiffuse.pipeline import SHIPPED
+
+TINY = {"name": "tiny", "model": {"preset": "digits", "model_channels": 16, "num_groups": 4},
+        "process": {"type": "linear", "num_timesteps": 1000}, "prediction": "v",
+        "objective": {"type": "ddpm", "prediction": "v", "p_uncond": 0.2, "null_class": 10},
+        "data": {"type": "digits"}, "train": {"steps": 2, "batch_size": 16}}
+
+
+def test_demo_runs_every_sampler_and_writes_the_grid(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    config.train_from_config(config.load_config(path), tmp_path / "run", progress=False)
+    lines = []
+    rows = demo.run(tmp_path / "run", n=24, out=tmp_path / "g.png", log=lines.append)
+    assert [r["sampler"] for r in rows] == [c[0] for c in demo.CASES]
+    assert all(r["nfe"] > 0 and r["seconds"] > 0 and 0 <= r["confident"] <= 1 for r in rows)
+    assert rows[1]["nfe"] == 50 and rows[-1]["nfe"] == 100          # DDIM-50; CFG: 2 per step
+    assert any("reference: real digits" in line for line in lines)
+    with Image.open(tmp_path / "g.png") as img:
+        assert img.size[0] == 20 * 33 + 1 and img.size[1] > 5 * 33
+
+
+def test_linear_schedule_is_the_vp_chain():
+    vp = sde.VPSDE.from_discrete(schedules.linear(1000))
+    assert (vp.beta_min, vp.beta_max, vp.N) == pytest.approx((0.1, 20.0, 1000))
+    torch.testing.assert_close(vp.discrete_betas, schedules.linear(1000).betas)
+    with pytest.raises(ValueError, match="linear"):
+        sde.VPSDE.from_discrete(schedules.cosine(1000))
+
+
+@pytest.mark.skipif(not (SHIPPED["digits"] / "model.safetensors").is_file(),
+                    reason="the shipped digits checkpoint is not in this tree")
+def test_shipped_digits_model_quality():
+    """Issue 5's targets: guided DDIM-50 meets all three; unconditional DDIM-50 meets the
+    entropy and Frechet targets, and its confident share (target 0.9, not reached by the
+    shipped model: see the README) stays above its measured floor."""
+    from pydiffuse.stats import digits_scorer
+
+    pipe = pipeline.load("digits")
+    scorer = digits_scorer()
+    real, entropy_target = scorer.reference()["real"], 0.95 * math.log(10)
+    x = pipe.sample(400, sampler="ddim", steps=50, seed=0, progress=False)
+    assert x.shape == (400, 1, 8, 8) and x.abs().max() <= 1
+    plain = scorer.score(x)
+    assert plain["label_entropy"] >= entropy_target and plain["frechet"] <= 2 * real["frechet"]
+    assert plain["confident"] >= 0.75
+    guided = scorer.score(pipe.sample(400, sampler="ddim", steps=50, seed=0, progress=False,
+                                      labels=torch.arange(400) % 10, guidance=2.0))
+    assert guided["confident"] >= 0.9 and guided["label_entropy"] >= entropy_target
+    assert guided["frechet"] <= 2 * real["frechet"]
