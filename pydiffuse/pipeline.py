@@ -5,7 +5,9 @@ from pathlib import Path
 import torch
 
 from . import config as run_config
+from .predictions import x0_coefs
 from .samplers import sample as sample_with
+from .schedules import geometric_sigmas
 from .sde import VPSDE
 from .training.checkpoint import latest_checkpoint, read_weights
 
@@ -25,6 +27,24 @@ class IndexTime:
         return self.model(x, (t * self.scale).round().long(), **kwargs)
 
 
+class LadderView:
+    """A discrete-time model seen by annealed Langevin: x = x_0 + sigma z at a noise level sigma
+    -> the model at a x (a = sqrt(alpha_bar) of the nearest step) and that step's index, its
+    output returned as an x0 prediction (the same in both coordinates)."""
+
+    def __init__(self, model, schedule, prediction: str):
+        self.model, self.schedule, self.prediction = model, schedule, prediction
+
+    def __call__(self, x, sigma, **kwargs):
+        t = self.schedule.sigma_to_time(sigma.detach().cpu())
+        a, std = self.schedule.marginal(t)
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        cx, co = (c.to(x.device, torch.float32).reshape(shape)
+                  for c in x0_coefs(self.prediction, a, std))
+        x_vp = x * a.to(x.device, torch.float32).reshape(shape)
+        return cx * x_vp + co * self.model(x_vp, t.to(x.device), **kwargs)
+
+
 class Pipeline:
     """A model, the process it was trained on and what it predicts, from a checkpoint's config.
 
@@ -32,7 +52,8 @@ class Pipeline:
     [-1, 1] (clamped) of the data's shape; class-conditional models sample unconditionally (the
     null label) unless ``labels`` are given, with classifier-free guidance ``guidance = 1 + w``.
     A model trained on DDPM's linear schedule also runs the SDE samplers ("pc", "ode") on the VP
-    SDE whose chain that schedule is (``VPSDE.from_discrete``).
+    SDE whose chain that schedule is (``VPSDE.from_discrete``), and a discrete model runs "ald"
+    on ``levels`` (default 10) geometric noise levels spanning its own (``LadderView``).
     """
 
     def __init__(self, model, process, prediction: str, config: dict, model_kwargs: dict):
@@ -68,12 +89,17 @@ class Pipeline:
                 kwargs.update(guidance=guidance, uncond_kwargs={"y": torch.full_like(y, null)})
         elif labels is not None or guidance is not None:
             raise ValueError("this model is not class-conditional: no labels or guidance")
-        model, process = self.model, self.process
+        model, process, prediction = self.model, self.process, self.prediction
         if sampler in SDE_SAMPLERS and process.kind == "discrete":
             model, process = IndexTime(model, len(process)), VPSDE.from_discrete(process)
+        if sampler == "ald" and process.kind == "discrete":
+            sigma_min, sigma_max = process.sigma_range[1], process.sigma_range[0]
+            model = LadderView(model, process, prediction)
+            process = geometric_sigmas(sigma_max, sigma_min, opts.pop("levels", 10))
+            prediction = "x0"
         with torch.no_grad():
             x = sample_with(model, (n, *self.event_shape), process=process,
-                            sampler=sampler, prediction=self.prediction, seed=seed,
+                            sampler=sampler, prediction=prediction, seed=seed,
                             device=self.device, progress=progress, return_info=True, **kwargs,
                             **opts)
         x, info = x[0].clamp(-1, 1), x[1]

@@ -59,3 +59,22 @@ def test_shipped_digits_model_quality():
                                       labels=torch.arange(400) % 10, guidance=2.0))
     assert guided["confident"] >= 0.9 and guided["label_entropy"] >= entropy_target
     assert guided["frechet"] <= 2 * real["frechet"]
+
+
+SAMPLER_OPTIONS = {"ddpm": {"steps": 5}, "ddim": {"steps": 5}, "ald": {"steps": 1, "levels": 3},
+                   "pc": {"steps": 25}, "ode": {"method": "heun", "steps": 3},
+                   "euler": {"steps": 4}, "heun": {"steps": 4}, "dpmpp_2m": {"steps": 4}}
+
+
+def test_every_sampler_runs_through_a_pipeline(tmp_path):
+    from pydiffuse.samplers import SAMPLERS
+
+    assert set(SAMPLER_OPTIONS) == set(SAMPLERS)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    config.train_from_config(config.load_config(path), tmp_path / "run", progress=False)
+    pipe = pipeline.load(tmp_path / "run")
+    for name, options in SAMPLER_OPTIONS.items():
+        x, info = pipe.sample(3, sampler=name, seed=0, progress=False, return_info=True,
+                              **options)
+        assert x.shape == (3, 1, 8, 8) and torch.isfinite(x).all() and info["nfe"] > 0, name
