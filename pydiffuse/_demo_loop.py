@@ -1,7 +1,7 @@
 """A short DDIM loop (Song et al. 2021, "Denoising Diffusion Implicit Models"):
 ``pydiffuse.samplers.sample_ddim`` (one fused ``sample_step`` per step) timed beside the same
-loop in eager torch, for ``pydiffuse demo`` and ``benchmarks/gpu_check.sh`` (which adds the
-CUDA-graph run).
+loop in eager torch, and on CUDA the same loop as one captured graph: the DDIM step of
+``benchmarks/gpu_check.sh`` (``python -m pydiffuse._demo_loop``).
 
 The model is a stand-in (``eps = 0.1 x``), so the numbers measure the sampler's own cost, not a
 network's; the schedule is DDPM's linear one (T = 1000), the coefficients ``ddim_table``'s.

@@ -29,20 +29,31 @@ class IndexTime:
 
 class LadderView:
     """A discrete-time model seen by annealed Langevin: x = x_0 + sigma z at a noise level sigma
-    -> the model at a x (a = sqrt(alpha_bar) of the nearest step) and that step's index, its
-    output returned as an x0 prediction (the same in both coordinates)."""
+    -> the model at a x (a = sqrt(alpha_bar) of the step nearest in log sigma) and that step's
+    index, its output returned as an x0 prediction (the same in both coordinates). The lookup
+    stays on the data's device: no host sync per call."""
 
     def __init__(self, model, schedule, prediction: str):
         self.model, self.schedule, self.prediction = model, schedule, prediction
+        self._tables = {}
+
+    def _table(self, device):
+        """(log sigma, time index, a, cx, co) of every step, float32 / long on ``device``."""
+        if device not in self._tables:
+            s = self.schedule
+            a, std = s.alphas_cumprod.sqrt(), (1 - s.alphas_cumprod).sqrt()
+            cx, co = x0_coefs(self.prediction, a, std)
+            self._tables[device] = tuple(v.to(device) for v in (
+                s.sigmas.log().float(), s.timesteps, a.float(), cx.float(), co.float()))
+        return self._tables[device]
 
     def __call__(self, x, sigma, **kwargs):
-        t = self.schedule.sigma_to_time(sigma.detach().cpu())
-        a, std = self.schedule.marginal(t)
+        log_s, steps, a, cx, co = self._table(x.device)
+        pos = (sigma.float().log()[:, None] - log_s[None, :]).abs().argmin(1)
         shape = (-1,) + (1,) * (x.ndim - 1)
-        cx, co = (c.to(x.device, torch.float32).reshape(shape)
-                  for c in x0_coefs(self.prediction, a, std))
-        x_vp = x * a.to(x.device, torch.float32).reshape(shape)
-        return cx * x_vp + co * self.model(x_vp, t.to(x.device), **kwargs)
+        x_vp = x * a[pos].reshape(shape)
+        out = self.model(x_vp, steps[pos], **kwargs)
+        return cx[pos].reshape(shape) * x_vp + co[pos].reshape(shape) * out
 
 
 class Pipeline:
