@@ -7,6 +7,7 @@ over the fused ops; ``pydiffuse.sample`` is the front door.
 - pc: predictor-corrector for score SDEs, masked for inpainting/colorization (Song et al. 2021)
 - ode: the probability-flow ODE (Euler, Heun, adaptive RK45)
 - euler, heun: EDM's samplers with churn (Karras et al. 2022); dpmpp_2m: DPM-Solver++(2M)
+- sgld: stochastic gradient Langevin dynamics for Bayesian posteriors (Welling & Teh 2011)
 """
 
 from ._common import Denoiser
@@ -18,7 +19,8 @@ from .ddpm import sample_ddpm
 from .edm import sample_dpmpp_2m, sample_euler, sample_heun
 from .ode import sample_ode
 from .pc import sample_colorize, sample_pc
+from .sgld import SGLDChain, sgld, sgld_step_sizes
 
-__all__ = ["SAMPLERS", "Denoiser", "clear_graphs", "ddim_invert", "sample", "sample_ald",
-           "sample_ddim", "sample_ddpm", "sample_dpmpp_2m", "sample_euler", "sample_heun",
-           "sample_colorize", "sample_ode", "sample_pc"]
+__all__ = ["SAMPLERS", "Denoiser", "SGLDChain", "clear_graphs", "ddim_invert", "sample",
+           "sample_ald", "sample_ddim", "sample_ddpm", "sample_dpmpp_2m", "sample_euler",
+           "sample_heun", "sample_colorize", "sample_ode", "sample_pc", "sgld", "sgld_step_sizes"]
