@@ -5,21 +5,25 @@
     L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)),  L_0 = -log p(x_0 | x_1),
     L_T = KL(q(x_T | x_0) || N(0, I)),
 
-with p(x_{t-1} | x_t) = N(mu~_t(x0^, x_t), Sigma) and L_0 a discretized Gaussian over the 256
-bins of [-1, 1]. The model's mean and variance come from ``ddpm_table``'s columns (the DDPM
-sampler's: x0^ = cx x_t + co out, mu = m0 x0^ + mx x_t; log_lo = log beta~_t clipped, log_hi =
-log beta_t, var = fixed_large's beta).
+with p(x_{t-1} | x_t) = N(mu~_t(x0^, x_t), Sigma) and L_0 a discretized Gaussian over the
+``bins`` levels of [-1, 1] (256 for 8-bit data). The model's mean and variance come from
+``ddpm_table``'s columns (the DDPM sampler's: x0^ = cx x_t + co out, mu = m0 x0^ + mx x_t;
+log_lo = log beta~_t clipped, log_hi = log beta_t, var = fixed_large's beta).
 """
 
 import math
+import numbers
+from dataclasses import dataclass
 
 import torch
 
+from ..ops import randn
+from ..predictions import check_prediction
+from ..samplers import Denoiser
 from ..samplers.ddpm import VARIANCES, ddpm_table
+from ..schedules import as_process
 from ..sde import _per_sample
-
-BIN_HALF_WIDTH = 1 / 255
-
+from ._batch import batch_kwargs, batches, check_data, progress_bar, sample_seeds
 
 def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
     """KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))) elementwise (broadcast)."""
@@ -27,24 +31,28 @@ def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
                   + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
 
 
-def discretized_gaussian_log_likelihood(x, mean, log_scale) -> torch.Tensor:
-    """log P(bin of x) under N(mean, exp(log_scale)^2), elementwise: the bin [x - 1/255,
-    x + 1/255] of 8-bit data in [-1, 1], the outer bins extended to -inf (x < -0.999) and +inf
-    (x > 0.999) (Ho et al. 2020, eq. 13).
+def discretized_gaussian_log_likelihood(x, mean, log_scale, bins: int = 256) -> torch.Tensor:
+    """log P(bin of x) under N(mean, exp(log_scale)^2), elementwise: the bin [x - w, x + w],
+    w = 1 / (bins - 1), of data on ``bins`` levels of [-1, 1] (8-bit: 256, w = 1/255; the
+    digits: 17), the outer bins extended to -inf (the level -1) and +inf (the level 1)
+    (Ho et al. 2020, eq. 13).
 
     Computed in log space, log(Phi(b) - Phi(a)) = log Phi(b) + log(-expm1(log Phi(a) - log
     Phi(b))) on the lower-tail side of the bin, so far-tail bins keep their true (tiny) mass;
     improved-diffusion uses a tanh approximation of Phi and clamps the mass at 1e-12.
     """
+    if isinstance(bins, bool) or not isinstance(bins, numbers.Integral) or bins < 2:
+        raise ValueError(f"bins must be an int >= 2 (the data's levels), got {bins!r}")
+    half = 1 / (bins - 1)
     inv_std = torch.exp(-log_scale)
-    upper = (x - mean + BIN_HALF_WIDTH) * inv_std
-    lower = (x - mean - BIN_HALF_WIDTH) * inv_std
+    upper = (x - mean + half) * inv_std
+    lower = (x - mean - half) * inv_std
     flip = lower > 0                          # Phi(u) - Phi(l) = Phi(-l) - Phi(-u)
     log_hi = torch.special.log_ndtr(torch.where(flip, -lower, upper))
     log_lo = torch.special.log_ndtr(torch.where(flip, -upper, lower))
     inner = log_hi + torch.log(-torch.expm1(log_lo - log_hi))
-    return torch.where(x < -0.999, torch.special.log_ndtr(upper),
-                       torch.where(x > 0.999, torch.special.log_ndtr(-lower), inner))
+    return torch.where(x < -1 + half, torch.special.log_ndtr(upper),
+                       torch.where(x > 1 - half, torch.special.log_ndtr(-lower), inner))
 
 
 def vlb_columns(schedule, prediction: str, variance: str) -> dict:
@@ -87,12 +95,12 @@ def p_mean_logvar(rows: dict, out, x_t, variance: str, clip=None):
     return mean, log_var, x0
 
 
-def vlb_terms(rows: dict, x0, x_t, pos, mean, log_var) -> torch.Tensor:
+def vlb_terms(rows: dict, x0, x_t, pos, mean, log_var, bins: int = 256) -> torch.Tensor:
     """L_{t-1} (t > 1: the Gaussian KL to the true posterior) or L_0 (position 0: the
-    discretized-Gaussian NLL of x_0), summed over dimensions: [B] nats."""
+    discretized-Gaussian NLL of x_0 on ``bins`` levels), summed over dimensions: [B] nats."""
     true_mean = rows["m0"] * x0 + rows["mx"] * x_t
     kl = normal_kl(true_mean, rows["log_lo"], mean, log_var).flatten(1).sum(1)
-    nll = -discretized_gaussian_log_likelihood(x0, mean, 0.5 * log_var).flatten(1).sum(1)
+    nll = -discretized_gaussian_log_likelihood(x0, mean, 0.5 * log_var, bins).flatten(1).sum(1)
     return torch.where(pos.to(x0.device) == 0, nll, kl)
 
 
@@ -104,33 +112,85 @@ def prior_kl(schedule, x0: torch.Tensor) -> torch.Tensor:
     return kl.flatten(1).sum(1)
 
 
+
+
+@dataclass
+class VLBResult:
+    """The bound of each example (``vlb``): ``total`` [B] nats = ``prior`` [B] (L_T) + the sum of
+    ``terms`` [B, K] (L_0, L_1, ..., L_{K-1}, nats); ``bpd`` [B] = total / (D ln 2)."""
+
+    total: torch.Tensor
+    terms: torch.Tensor
+    prior: torch.Tensor
+    bpd: torch.Tensor
+
+
 @torch.no_grad()
-def total_vlb(model, schedule, x0: torch.Tensor, *, prediction: str = "eps",
-              variance: str = "learned_range", clip=None, model_kwargs=None) -> dict:
-    """The whole bound L of x_0 under a model, one fresh x_t per term (improved-diffusion's
-    calc_bpd_loop).
+def vlb(model, process, x0: torch.Tensor, *, prediction: str = "eps",
+        variance: str = "fixed_small", clip=None, steps=None, bins: int = 256, batch_size=None,
+        seed=None, progress=None, model_kwargs=None) -> VLBResult:
+    """The variational bound -log p(x_0) <= L of each example, term by term, with one fresh
+    x_t ~ q(x_t | x_0) per term (Ho et al. 2020, eq. 5; improved-diffusion's calc_bpd_loop).
+
+    L_{t-1} = KL(N(mu~_t(x_0, x_t), beta~_t) || N(mu~_t(x0^, x_t), Sigma_t)) for t > 1,
+    L_0 = -log of the N(mu~_1(x0^, x_1), Sigma_1) mass of x_0's bin (``bins`` levels of [-1, 1],
+    the outer bins to +-inf), L_T = KL(N(sqrt(alpha_bar_T) x_0, 1 - alpha_bar_T) || N(0, I));
+    Sigma_t = beta~_t ("fixed_small"), beta_t ("fixed_large") or the iDDPM learned range
+    (MATH.md section 1). On a respaced schedule the terms are those of the respaced chain
+    (beta_i = 1 - alpha_bar_{S_i} / alpha_bar_{S_{i-1}}) and the model sees the original
+    indices S_i.
 
     Args:
-        model: ``model(x_t, t, **model_kwargs)``, t the [B] step indices.
-        schedule: the model's ``DiscreteSchedule``.
-        x0: [B, C, ...] data in [-1, 1].
+        model: ``model(x_t, t, **model_kwargs)``, t the [B] long step indices (the schedule's
+            ``timesteps``); it returns 2C channels for "learned_range".
+        process: the model's ``DiscreteSchedule`` (possibly already respaced).
+        x0: [B, C, ...] data in [-1, 1] on ``bins`` levels (any float dtype; float64 data are
+            evaluated in float64).
+        prediction: what the model predicts: "eps", "x0", "v" or "score".
+        variance: "fixed_small", "fixed_large" or "learned_range".
+        clip: clamp x0^ to [-clip, clip] (None: no clamping).
+        steps: respace ``process`` first: an int K or any ``DiscreteSchedule.respace`` spec.
+        bins: the data's number of levels (8-bit: 256; the digits: 17).
+        batch_size: examples per model call (None: all at once).
+        seed: per-example noise seeds are drawn from it (None: from torch's generator); an
+            example's x_t draws do not depend on the batch size.
+        progress: a tqdm bar over the terms (None: only on a terminal).
+        model_kwargs: keywords of every model call; tensors with B rows (labels) are split
+            along with x0.
 
     Returns:
-        dict of "total" [B] nats, "terms" [B, K] (L_0, L_1, ..., L_{K-1}), "prior" [B] (L_T),
-        "bpd" [B] bits per dimension = total / (D ln 2).
+        ``VLBResult`` with total [B], terms [B, K], prior [B] in nats and bpd [B].
     """
-    columns = vlb_columns(schedule, prediction, variance)
-    terms = []
-    for i in range(len(schedule)):
-        pos = torch.full((len(x0),), i)
-        t = schedule.timesteps[pos].to(x0.device)
-        x_t = schedule.q_sample(x0, t, torch.randn_like(x0))
-        rows = gather_rows(columns, pos, x0)
-        out = model(x_t, t, **(model_kwargs or {})).to(x0.dtype)
-        mean, log_var, _ = p_mean_logvar(rows, out, x_t, variance, clip)
-        terms.append(vlb_terms(rows, x0, x_t, pos, mean, log_var))
-    terms = torch.stack(terms, 1)
-    prior = prior_kl(schedule, x0)
+    check_data(x0, "x0")
+    process = as_process(process)
+    if process.kind != "discrete":
+        raise ValueError(f"vlb needs a discrete schedule (DiscreteSchedule), got {process!r}; "
+                         "for a score SDE use ode_nll")
+    check_prediction(prediction)
+    sched = process if steps is None else process.respace(steps)
+    columns = vlb_columns(sched, prediction, variance)
+    learned = variance == "learned_range"
+    seeds = sample_seeds(seed, len(x0))
+    parts = batches(len(x0), batch_size)
+    terms = torch.empty(len(x0), len(sched), dtype=x0.dtype, device=x0.device)
+    with progress_bar(len(parts) * len(sched), progress, "vlb") as bar:
+        for sl in parts:
+            x = x0[sl]
+            den = Denoiser(model, model_kwargs=batch_kwargs(model_kwargs, sl, len(x0)))
+            for i in range(len(sched)):
+                pos = torch.full((len(x),), i)
+                rows = gather_rows(columns, pos, x)
+                # float32 noise stream; x_t by plain arithmetic, so float64 data stay float64
+                z = randn(list(x.shape), seeds[sl], i, device=x.device).to(x.dtype)
+                x_t = rows["a"] * x + rows["sigma"] * z
+                out = den(x_t, sched.timesteps[pos].to(x.device), keep_variance=learned)
+                if learned and out.shape[1] != 2 * x.shape[1]:
+                    raise ValueError(f"variance 'learned_range' needs a model output of 2C = "
+                                     f"{2 * x.shape[1]} channels, got {out.shape[1]}")
+                mean, log_var, _ = p_mean_logvar(rows, out.to(x.dtype), x_t, variance, clip)
+                terms[sl, i] = vlb_terms(rows, x, x_t, pos, mean, log_var, bins)
+                bar.update()
+    prior = prior_kl(sched, x0)
     total = prior + terms.sum(1)
-    return {"total": total, "terms": terms, "prior": prior,
-            "bpd": total / (x0[0].numel() * math.log(2))}
+    return VLBResult(total=total, terms=terms, prior=prior,
+                     bpd=total / (x0[0].numel() * math.log(2)))
