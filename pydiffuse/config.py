@@ -5,6 +5,7 @@ and the training settings (``configs/*.yaml``; ``pydiffuse train CONFIG``).
     process:   {type: linear, num_timesteps: 1000}        # see PROCESSES
     prediction: eps                                       # what the model predicts
     objective: {type: ddpm, p_uncond: 0.1}                # see OBJECTIVES (process passed in)
+    # LSGM: model {preset: lsgm, latent_shape, vae, prior}, process vpsde, objective lsgm
     data:      {type: digits, labels: false}              # see DATASETS
     train:     {steps: 2000, batch_size: 128, lr: 2e-4}   # Trainer keywords (+ steps)
     sample:    {sampler: ddim, steps: 50}                 # defaults of `pydiffuse sample`
@@ -19,6 +20,7 @@ import yaml
 from torch.utils.data import TensorDataset
 
 from . import data, schedules, sde, training
+from .nn.lsgm import build_lsgm
 from .nn.presets import create_model
 
 PROCESSES = {
@@ -34,6 +36,7 @@ OBJECTIVES = {
     "vlb": (training.VLBLoss, True), "dsm": (training.DenoisingScoreMatching, True),
     "sde": (training.ScoreSDELoss, True), "classifier": (training.ClassifierLoss, True),
     "esm": (training.ExactScoreMatching, False), "ssm": (training.SlicedScoreMatching, False),
+    "lsgm": (training.LSGMLoss, False),
 }
 DATASETS = {"digits": data.digits, "folder": data.ImageFolder, "npz": data.npz_dataset,
             **data.TOY_SETS}
@@ -72,11 +75,14 @@ def build_process(config: dict):
 
 
 def build_model(config: dict):
-    """(model, every constructor keyword) of the config's preset and overrides."""
+    """(model, every constructor keyword) of the config's preset and overrides; preset "lsgm"
+    builds ``pydiffuse.nn.lsgm.build_lsgm`` (a VAE and a latent prior on the config's process)."""
     spec = dict(config["model"])
     preset = spec.pop("preset", None)
     if preset is None:
-        raise ValueError("config section 'model' needs a 'preset' (pydiffuse.nn.presets)")
+        raise ValueError("config section 'model' needs a 'preset' (pydiffuse.nn.presets or lsgm)")
+    if preset == "lsgm":
+        return build_lsgm(build_process(config), **spec)
     return create_model(preset, **spec)
 
 

@@ -136,7 +136,8 @@ def _event_shape(kwargs: dict) -> tuple:
 
 def load(path, *, device=None, ema: bool = True) -> Pipeline:
     """A ``Pipeline`` from a checkpoint directory (or a run directory: its newest checkpoint), or
-    a shipped model by name ("digits").
+    a shipped model by name ("digits"); an LSGM checkpoint gives a ``pydiffuse.lsgm.LSGMPipeline``
+    (same ``sample``, latent samplers "ode" and "pc", decoded images).
 
     Args:
         path: ``<run_dir>/step_<N>``, ``<run_dir>``, or a name of ``SHIPPED``.
@@ -155,6 +156,10 @@ def load(path, *, device=None, ema: bool = True) -> Pipeline:
     model, model_kwargs = run_config.build_model(config)
     model.load_state_dict(weights)
     model.to(device or "cpu").eval()
+    if config["model"].get("preset") == "lsgm":
+        from .lsgm import LSGMPipeline
+
+        return LSGMPipeline(model, config)
     return Pipeline(model, run_config.build_process(config), config.get("prediction", "eps"),
                     config, model_kwargs)
 

@@ -21,6 +21,7 @@ def test_config_trains_and_samples(path, tmp_path):
         return
     pipe = pipeline.load(tmp_path)
     sampler = cfg.get("sample", {}).get("sampler")
-    steps = {"ald": 1, "pc": 25}.get(sampler, 2)     # pc on VP: the chain needs N > beta_max
+    # pc on VP: the chain needs N > beta_max; ode: adaptive RK45 (LSGM's latent ODE)
+    steps = {"ald": 1, "pc": 25, "ode": None}.get(sampler, 2)
     x = pipe.sample(2, steps=steps, progress=False)
     assert x.shape == (2, *pipe.event_shape) and torch.isfinite(x).all()

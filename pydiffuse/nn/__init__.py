@@ -1,14 +1,17 @@
 """Layers and models on the fused ops (DESIGN.md): norms, attention, the UNet (DDPM and ADM
-styles), ADM's noisy classifier, an MLP score network, their presets, and the exact
-Gaussian-mixture score (the samplers' oracle)."""
+styles), ADM's noisy classifier, an MLP score network, their presets, the exact
+Gaussian-mixture score (the samplers' oracle), and LSGM's VAE and mixed-score latent prior."""
 
 from .attention import SelfAttention2d
 from .classifier import NoisyClassifier
 from .gaussian_mixture import GaussianMixtureScore
+from .lsgm import LSGM, MixedScore, build_lsgm
 from .mlp import MLP
 from .norm import AdaGroupNorm, GroupNorm
 from .presets import PRESETS, create_model
 from .unet import UNet
+from .vae import ConvVAE
 
-__all__ = ["MLP", "PRESETS", "AdaGroupNorm", "GaussianMixtureScore", "GroupNorm",
-           "NoisyClassifier", "SelfAttention2d", "UNet", "create_model"]
+__all__ = ["LSGM", "MLP", "PRESETS", "AdaGroupNorm", "ConvVAE", "GaussianMixtureScore",
+           "GroupNorm", "MixedScore", "NoisyClassifier", "SelfAttention2d", "UNet", "build_lsgm",
+           "create_model"]

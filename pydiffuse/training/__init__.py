@@ -1,6 +1,6 @@
 """Training: every objective of the papers (``losses``, ``diffusion_losses``, ``score_losses``,
-``sde_losses``), the timestep samplers, and the ``Trainer`` (EMA, AMP, atomic checkpoints with
-exact resume, data-parallel under torchrun)."""
+``sde_losses``, ``lsgm_loss``), the timestep samplers, and the ``Trainer`` (EMA, AMP, atomic
+checkpoints with exact resume, data-parallel under torchrun)."""
 
 from . import distributed
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -8,6 +8,7 @@ from .diffusion_losses import ClassifierLoss, DDPMLoss, HybridLoss, VLBLoss
 from .distributed import sample_to_npz
 from .ema import EMA
 from .losses import Objective, label_dropout
+from .lsgm_loss import LSGMLoss
 from .score_losses import DenoisingScoreMatching, ExactScoreMatching, SlicedScoreMatching
 from .sde_losses import ScoreSDELoss
 from .timestep_samplers import LossSecondMomentSampler, UniformSampler, make_timestep_sampler
@@ -15,8 +16,8 @@ from .trainer import Trainer
 
 __all__ = [
     "EMA", "CheckpointError", "ClassifierLoss", "DDPMLoss", "DenoisingScoreMatching",
-    "ExactScoreMatching", "HybridLoss", "LossSecondMomentSampler", "Objective", "ScoreSDELoss",
-    "SlicedScoreMatching", "Trainer", "UniformSampler", "VLBLoss", "distributed", "label_dropout",
-    "latest_checkpoint", "load_checkpoint", "make_timestep_sampler", "sample_to_npz",
-    "save_checkpoint",
+    "ExactScoreMatching", "HybridLoss", "LSGMLoss", "LossSecondMomentSampler", "Objective",
+    "ScoreSDELoss", "SlicedScoreMatching", "Trainer", "UniformSampler", "VLBLoss", "distributed",
+    "label_dropout", "latest_checkpoint", "load_checkpoint", "make_timestep_sampler",
+    "sample_to_npz", "save_checkpoint",
 ]

@@ -116,6 +116,18 @@ def _logged_step(line: str) -> float:
         return math.inf
 
 
+def _param_groups(objective, model) -> list:
+    """The optimizer's parameter groups: the objective's ``param_groups(model)`` (named groups,
+    each with its own settings, e.g. LSGM's VAE and prior) or one group of every parameter."""
+    groups = objective.param_groups(model) if hasattr(objective, "param_groups") else [
+        {"params": list(model.parameters())}]
+    params = [p for g in groups for p in g["params"]]
+    if len(set(map(id, params))) != len(params) or set(map(id, params)) != set(
+            map(id, model.parameters())):
+        raise ValueError("the objective's param_groups must hold each model parameter once")
+    return [{**g, "params": list(g["params"])} for g in groups]
+
+
 def _to(batch, device):
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
@@ -124,6 +136,11 @@ def _to(batch, device):
 
 class Trainer:
     """Train ``model`` on ``objective(model, batch) -> {"loss", "per_example", "t"}``.
+
+    An objective with ``param_groups(model)`` (a list of {"params", and optimizer settings such
+    as "lr"}) gets one optimizer group each: Adam's state is per parameter, so this is one
+    optimizer per group (LSGM's VAE and prior); gradients are clipped per group and the warm-up
+    scales each group's own lr. ``find_unused_parameters`` on the objective is passed to DDP.
 
     Each step: the batch of ``StepBatches`` (this rank's slice of the global batch), the global
     RNGs seeded from (seed, step, rank) (so the objective's noise is reproducible, and a run
@@ -145,7 +162,9 @@ class Trainer:
         run_dir: where logs and checkpoints go.
         batch_size: the global batch (split evenly over the ranks).
         lr, betas, eps, weight_decay, optimizer: Adam ("adam") or AdamW ("adamw") settings.
-        warmup: linear warm-up steps (0: none). grad_clip: max global gradient norm (None: off).
+        warmup: linear warm-up steps (0: none). lr_decay: None or [start, stop]: the learning
+            rate follows a half cosine from lr at step start to 0 at step stop.
+        grad_clip: max global gradient norm (None: off).
         ema_rates: EMA decay rates (one EMA copy each; () for none).
         amp: None, "bf16" or "fp16" autocast (fp16 with a dynamic loss scaler).
         seed: seeds the data order and the per-step RNG streams.
@@ -162,7 +181,8 @@ class Trainer:
     def __init__(self, model, objective, data: Dataset, *, run_dir, batch_size: int = 128,
                  lr: float = 2e-4, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, optimizer: str = "adam", warmup: int = 0,
-                 grad_clip: float | None = 1.0, ema_rates=(0.9999,), amp: str | None = None,
+                 lr_decay=None, grad_clip: float | None = 1.0, ema_rates=(0.9999,),
+                 amp: str | None = None,
                  seed: int = 0, log_every: int = 100, save_every: int | None = None,
                  keep: int = 2, config: dict | None = None, resume=False, device=None,
                  num_workers: int = 0, progress: bool | None = None):
@@ -177,6 +197,13 @@ class Trainer:
             if not (value is None and name == "save_every") and (
                     not isinstance(value, int) or value < low):
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        if lr_decay is not None:
+            if (not isinstance(lr_decay, (list, tuple)) or len(lr_decay) != 2
+                    or not all(isinstance(v, int) for v in lr_decay)
+                    or not 0 <= lr_decay[0] < lr_decay[1]):
+                raise ValueError(f"lr_decay must be [start, stop] steps with 0 <= start < stop, "
+                                 f"got {lr_decay!r}")
+            lr_decay = tuple(lr_decay)
         self.dist = distributed.setup()
         if batch_size % self.dist.world_size:
             raise ValueError(f"batch_size {batch_size} must be divisible by the number of ranks "
@@ -189,19 +216,24 @@ class Trainer:
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.net = model if self.dist.world_size == 1 else DistributedDataParallel(
-            model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            find_unused_parameters=getattr(objective, "find_unused_parameters", False))
         self.objective, self.data = objective, data
         self.run_dir = Path(run_dir)
         self.batch_size, self.lr, self.warmup, self.grad_clip = batch_size, lr, warmup, grad_clip
+        self.lr_decay = lr_decay
         self.amp, self.seed, self.num_workers = amp, seed, num_workers
         self.log_every, self.save_every, self.keep = log_every, save_every, keep
         self.config, self.progress = dict(config or {}), progress
-        self.optimizer = OPTIMIZERS[optimizer](model.parameters(), lr=lr, betas=tuple(betas),
-                                               eps=eps, weight_decay=weight_decay)
+        groups = _param_groups(objective, model)
+        self.optimizer = OPTIMIZERS[optimizer](groups, lr=lr, betas=tuple(betas), eps=eps,
+                                               weight_decay=weight_decay)
+        self.group_lrs = [g.get("lr", lr) for g in groups]     # each group's lr before warm-up
         self.scaler = torch.amp.GradScaler(self.device.type) if amp == "fp16" else None
         self.ema = EMA(model, ema_rates) if ema_rates else None
         self.settings = {"batch_size": batch_size, "lr": lr, "betas": list(betas), "eps": eps,
                          "weight_decay": weight_decay, "optimizer": optimizer, "warmup": warmup,
+                         "lr_decay": None if lr_decay is None else list(lr_decay),
                          "grad_clip": grad_clip, "ema_rates": list(ema_rates), "amp": amp,
                          "seed": seed}
         self.step, self.skipped, self.history, self._saved = 0, 0, [], None
@@ -216,9 +248,19 @@ class Trainer:
             if path is not None:
                 self.load(path)
 
-    def lr_at(self, step: int) -> float:
-        """The learning rate of step ``step`` (0-based): lr * min(1, (step + 1) / warmup)."""
-        return self.lr * min(1.0, (step + 1) / self.warmup) if self.warmup else self.lr
+    def lr_at(self, step: int, lr: float | None = None) -> float:
+        """The learning rate of step ``step`` (0-based), lr the Trainer's or a parameter group's
+        own: lr * min(1, (step + 1) / warmup), times the cosine decay ½(1 + cos(π u)),
+        u = (step - start) / (stop - start) clipped to [0, 1], with ``lr_decay=(start, stop)``
+        (SGDR's half cosine, Loshchilov & Hutter 2017, annealed once to 0)."""
+        lr = self.lr if lr is None else lr
+        if self.warmup:
+            lr *= min(1.0, (step + 1) / self.warmup)
+        if self.lr_decay is not None:
+            start, stop = self.lr_decay
+            u = min(1.0, max(0.0, (step - start) / (stop - start)))
+            lr *= 0.5 * (1.0 + math.cos(math.pi * u))
+        return lr
 
     def ema_model(self, rate: float | None = None) -> torch.nn.Module:
         """A frozen copy of the model with the EMA weights of ``rate`` (default the first)."""
@@ -294,14 +336,15 @@ class Trainer:
         (self.scaler.scale(loss) if self.scaler else loss).backward()
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip or math.inf)
+        norm = math.sqrt(sum(float(torch.nn.utils.clip_grad_norm_(
+            [p for p in group["params"] if p.grad is not None], self.grad_clip or math.inf)) ** 2
+            for group in self.optimizer.param_groups))
         local = torch.cat([loss.detach().double().reshape(1), self._quartiles(out)])
         stats = distributed.all_reduce_sum(local).double().cpu()
         stats[0] /= self.dist.world_size
-        value, norm = float(stats[0]), float(norm)
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr_at(self.step)
+        value = float(stats[0])
+        for group, lr in zip(self.optimizer.param_groups, self.group_lrs):
+            group["lr"] = self.lr_at(self.step, lr)
         finite = math.isfinite(value) and math.isfinite(norm)
         self._updating = True
         if finite:
