@@ -280,8 +280,26 @@ def test_checkpoints_on_schedule(tmp_path):
     assert_same(ckpt["ema"][0.99], weights(trainer.ema_model(0.99)))
 
 
+def test_cosine_lr_decay(tmp_path):
+    # lr * 1/2 (1 + cos(pi u)), u = (step - start) / (stop - start) clipped to [0, 1]
+    trainer = make_trainer(tmp_path, lr=1e-2, warmup=0, lr_decay=[10, 30])
+    assert trainer.lr_at(0) == trainer.lr_at(10) == 1e-2
+    assert trainer.lr_at(20) == pytest.approx(5e-3, rel=1e-12)
+    assert trainer.lr_at(15) == pytest.approx(1e-2 * (0.5 + 0.5 * math.cos(math.pi / 4)))
+    assert trainer.lr_at(30) == trainer.lr_at(99) == 0.0
+    trainer.train(21)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(5e-3)
+    before = weights(trainer.model)
+    trainer.train(40)                          # steps 30..39 at lr 0: nothing moves after 30
+    after30 = weights(trainer.model)
+    trainer.train(45)
+    assert_same(after30, weights(trainer.model))
+    assert any(not torch.equal(v, after30[k]) for k, v in before.items())
+
+
 @pytest.mark.parametrize("bad", [{"optimizer": "sgd"}, {"amp": "fp8"}, {"grad_clip": 0.0},
-                                 {"log_every": 0}, {"warmup": -1}, {"batch_size": 64,
+                                 {"log_every": 0}, {"warmup": -1}, {"lr_decay": [5, 5]},
+                                 {"lr_decay": 10}, {"batch_size": 64,
                                  "data": torch.utils.data.TensorDataset(torch.zeros(0, 2))}])
 def test_bad_arguments(tmp_path, bad):
     with pytest.raises(ValueError):
