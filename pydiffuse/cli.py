@@ -5,7 +5,7 @@
     pydiffuse demo                       the main job: the shipped digits model, every sampler
     pydiffuse train CONFIG.yaml          train what a run configuration names (configs/)
     pydiffuse sample --ckpt DIR --out F  sample a checkpoint into a PNG grid or .npz
-    pydiffuse likelihood --ckpt DIR      bits/dim of data by the VLB or the probability-flow ODE
+    pydiffuse likelihood --ckpt DIR      bits/dim of data: VLB, probability-flow ODE, LSGM NELBO
 """
 
 import argparse
@@ -101,13 +101,19 @@ def cmd_likelihood(args) -> int:
 
     import torch
 
-    from pydiffuse import likelihood, pipeline
+    from pydiffuse import likelihood, lsgm, pipeline
     from pydiffuse.sde import VPSDE
 
-    if args.method == "ode" and args.steps is not None:
+    pipe = pipeline.load(args.ckpt, device=args.device)
+    is_lsgm = isinstance(pipe, lsgm.LSGMPipeline)
+    args.method = args.method or ("nelbo" if is_lsgm else "vlb")
+    if is_lsgm != (args.method == "nelbo"):
+        raise ValueError(f"--method {args.method} does not apply to this "
+                         f"{'LSGM' if is_lsgm else 'diffusion'} checkpoint: use "
+                         f"{'nelbo' if is_lsgm else 'vlb or ode'}")
+    if args.method != "vlb" and args.steps is not None:
         raise ValueError("--steps respaces the vlb's chain; the ode chooses its own steps "
                          "(--rtol, --atol)")
-    pipe = pipeline.load(args.ckpt, device=args.device)
     x, y, bins = likelihood_data(args.data, args.split, args.n)
     bins = args.bins or bins
     x = x.to(pipe.device)
@@ -119,7 +125,11 @@ def cmd_likelihood(args) -> int:
     common = dict(prediction=pipe.prediction, batch_size=args.batch_size, seed=args.seed,
                   progress=None, bins=bins, **kwargs)
     start = time.perf_counter()
-    if args.method == "vlb":
+    if is_lsgm:                           # its decoder's levels are fixed by the model
+        r = lsgm.nelbo(pipe.model, x, prior="ode", seed=args.seed, divergence=args.divergence,
+                       rtol=args.rtol, atol=args.atol, batch_size=args.batch_size)
+        bins = "the decoder's"
+    elif args.method == "vlb":
         r = likelihood.vlb(pipe.model, pipe.process, x, variance=args.variance,
                            steps=args.steps, **common)
     else:
@@ -130,7 +140,7 @@ def cmd_likelihood(args) -> int:
                                rtol=args.rtol, atol=args.atol, eps=args.eps, dequantize=True,
                                **common)
     seconds = time.perf_counter() - start
-    bpd = r.bpd.double()
+    bpd = (r["bpd"] if is_lsgm else r.bpd).double()
     se = bpd.std().item() / math.sqrt(len(bpd)) if len(bpd) > 1 else float("nan")
     where = f"digits {args.split}" if args.data == "digits" else args.data
     print(f"{args.method}: {bpd.mean().item():.4f} +- {se:.4f} bits/dim (mean +- standard "
@@ -142,6 +152,10 @@ def cmd_likelihood(args) -> int:
             nats = part.double().mean().item()
             print(f"  {name}: {nats * to_bpd:.3g} bits/dim ({100 * nats / total:.3g}% of the "
                   f"bound)")
+    elif is_lsgm:
+        for name in ("recon", "log_q", "prior"):
+            print(f"  {name}: {r[name].double().mean().item():.3f} nats")
+        print(f"  prior by the latent probability-flow ODE: {r['nfe']} model evaluations")
     else:
         print(f"  nll {r.nll.double().mean().item():.3f} nats, {r.nfe} model evaluations, "
               f"divergence {args.divergence}")
@@ -198,9 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "under a model: 'vlb' the discrete-diffusion variational bound (L_0 on "
                          "the data's levels), 'ode' the probability-flow ODE's log-likelihood "
                          "with uniform dequantization (a DDPM-schedule model through its VP "
-                         "SDE). Prints the mean and its standard error.")
-    lik.add_argument("--ckpt", required=True, help="a checkpoint, run directory or 'digits'")
-    lik.add_argument("--method", choices=("vlb", "ode"), default="vlb")
+                         "SDE); 'nelbo' an LSGM's bound (its prior term by the latent ODE). "
+                         "Prints the mean and its standard error.")
+    lik.add_argument("--ckpt", required=True,
+                     help="a checkpoint, run directory, 'digits' or 'lsgm'")
+    lik.add_argument("--method", choices=("vlb", "ode", "nelbo"), default=None,
+                     help="default vlb (nelbo for an LSGM checkpoint)")
     lik.add_argument("--data", default="digits", help="'digits' or an .npz of 8-bit images")
     lik.add_argument("--split", default="test", choices=("train", "test", "all"),
                      help="the digits split (default test)")

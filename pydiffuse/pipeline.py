@@ -13,7 +13,9 @@ from .training.checkpoint import latest_checkpoint, read_weights
 
 
 SDE_SAMPLERS = ("pc", "ode")
-SHIPPED = {"digits": Path(__file__).parent / "weights" / "digits"}
+# the models shipped in the package: the pixel-space digits UNet (configs/digits.yaml) and the
+# digits LSGM (configs/lsgm.yaml)
+SHIPPED = {name: Path(__file__).parent / "weights" / name for name in ("digits", "lsgm")}
 
 
 class IndexTime:
@@ -136,8 +138,9 @@ def _event_shape(kwargs: dict) -> tuple:
 
 def load(path, *, device=None, ema: bool = True) -> Pipeline:
     """A ``Pipeline`` from a checkpoint directory (or a run directory: its newest checkpoint), or
-    a shipped model by name ("digits"); an LSGM checkpoint gives a ``pydiffuse.lsgm.LSGMPipeline``
-    (same ``sample``, latent samplers "ode" and "pc", decoded images).
+    a shipped model by name ("digits", "lsgm"); an LSGM checkpoint gives a
+    ``pydiffuse.lsgm.LSGMPipeline`` (same ``sample``, latent samplers "ode" and "pc", decoded
+    images).
 
     Args:
         path: ``<run_dir>/step_<N>``, ``<run_dir>``, or a name of ``SHIPPED``.

@@ -8,13 +8,13 @@ import re
 
 import torch
 
-from pydiffuse import cli, data, likelihood, load, pipeline
+from pydiffuse import cli, data, likelihood, load, lsgm, pipeline
 from pydiffuse.sde import VPSDE
 
 
 def printed(out: str):
     """(mean, standard error) from the command's first line."""
-    m = re.match(r"(vlb|ode): (\S+) \+- (\S+) bits/dim", out)
+    m = re.match(r"(vlb|ode|nelbo): (\S+) \+- (\S+) bits/dim", out)
     assert m, out
     return float(m.group(2)), float(m.group(3))
 
@@ -61,6 +61,22 @@ def test_ode_command(capsys):
     mean, se = expected(r.bpd)
     assert printed(out) == (round(mean, 4), round(se, 4))
     assert f"{r.nfe} model evaluations" in out
+
+
+def test_lsgm_nelbo_command(capsys):
+    assert cli.main(["likelihood", "--ckpt", "lsgm", "--n", "2", "--seed", "1",
+                     "--rtol", "1e-3", "--atol", "1e-3"]) == 0
+    out = capsys.readouterr().out
+    x, _ = digits_pair()
+    r = lsgm.nelbo(load("lsgm").model, x, prior="ode", seed=1, divergence="hutchinson",
+                   rtol=1e-3, atol=1e-3)
+    mean, se = expected(r["bpd"])
+    assert out.startswith("nelbo:") and printed(out) == (round(mean, 4), round(se, 4))
+    assert f"{r['nfe']} model evaluations" in out
+    assert cli.main(["likelihood", "--ckpt", "lsgm", "--method", "ode"]) == 2
+    assert "nelbo" in capsys.readouterr().err
+    assert cli.main(["likelihood", "--ckpt", "digits", "--method", "nelbo"]) == 2
+    assert "vlb or ode" in capsys.readouterr().err
 
 
 def test_bad_arguments(capsys):
