@@ -43,19 +43,18 @@ def test_linear_schedule_is_the_vp_chain():
 @pytest.mark.skipif(not (SHIPPED["digits"] / "model.safetensors").is_file(),
                     reason="the shipped digits checkpoint is not in this tree")
 def test_shipped_digits_model_quality():
-    """Issue 5's targets: guided DDIM-50 meets all three; unconditional DDIM-50 meets the
-    entropy and Frechet targets, and its confident share (target 0.9, not reached by the
-    shipped model: see the README) stays above its measured floor."""
+    """Issue 5's targets: DDIM-50 samples of the shipped model, unconditional (1000 of them, so
+    the confident share is known to about 0.01; measured 0.907) and guided, meet all three."""
     from pydiffuse.stats import digits_scorer
 
     pipe = pipeline.load("digits")
     scorer = digits_scorer()
     real, entropy_target = scorer.reference()["real"], 0.95 * math.log(10)
-    x = pipe.sample(400, sampler="ddim", steps=50, seed=0, progress=False)
-    assert x.shape == (400, 1, 8, 8) and x.abs().max() <= 1
+    x = pipe.sample(1000, sampler="ddim", steps=50, seed=0, progress=False)
+    assert x.shape == (1000, 1, 8, 8) and x.abs().max() <= 1
     plain = scorer.score(x)
-    assert plain["label_entropy"] >= entropy_target and plain["frechet"] <= 2 * real["frechet"]
-    assert plain["confident"] >= 0.75
+    assert plain["confident"] >= 0.9 and plain["label_entropy"] >= entropy_target
+    assert plain["frechet"] <= 2 * real["frechet"]
     guided = scorer.score(pipe.sample(400, sampler="ddim", steps=50, seed=0, progress=False,
                                       labels=torch.arange(400) % 10, guidance=2.0))
     assert guided["confident"] >= 0.9 and guided["label_entropy"] >= entropy_target
