@@ -74,11 +74,11 @@ def scores(prob, y):
     return float(((prob > 0.5) == (y > 0.5)).double().mean()), float(log_lik)
 
 
-def plot(chain, theta_map, path):
-    samples = chain.samples.double()                        # [S, C, P]
+def plot(samples, iterations, theta_map, path):
+    samples = samples.double()                              # [S, C, P]
     fig, axes = plt.subplots(2, SHOWN, figsize=(4 * SHOWN, 6))
     for j in range(SHOWN):
-        axes[0, j].plot(chain.iterations, samples[:, :, j], lw=0.6)
+        axes[0, j].plot(iterations, samples[:, :, j], lw=0.6)
         axes[0, j].axhline(theta_map[j], color="k", ls="--", lw=1, label="MAP")
         axes[0, j].set(title=f"trace of theta[{j}]", xlabel="iteration t")
         axes[1, j].hist(samples[:, :, j].reshape(-1), bins=40, density=True, color="tab:blue",
@@ -104,22 +104,22 @@ def main(argv=None):
     theta_map = map_estimate(x, y)
     # eps_t = a (b + t)^-0.55 from EPS1 (eps * the largest posterior curvature stays < 1)
     b = 1000.0
-    chain = sgld(grad_log_prior, grad_log_lik, (x.float(), y.float()),
-                 theta_map.float().expand(args.chains, -1).clone(), n_iter=args.iters,
-                 batch_size=args.batch_size, a=EPS1 * (b + 1) ** 0.55, b=b, gamma=0.55,
-                 burn_in=args.iters // 5, seed=args.seed)
-    w = chain.step_sizes / chain.step_sizes.sum()              # Welling & Teh's step weights
-    prob = torch.sigmoid(chain.samples.double() @ x_test.T)    # [S, C, N_test]
-    bayes = torch.einsum("s,scn->n", w, prob) / chain.samples.shape[1]
+    samples, info = sgld(grad_log_prior, grad_log_lik, (x.float(), y.float()),
+                         theta_map.float().expand(args.chains, -1).clone(), n_iter=args.iters,
+                         batch_size=args.batch_size, a=EPS1 * (b + 1) ** 0.55, b=b, gamma=0.55,
+                         burn_in=args.iters // 5, seed=args.seed, return_info=True)
+    w = info["step_sizes"] / info["step_sizes"].sum()          # Welling & Teh's step weights
+    prob = torch.sigmoid(samples.double() @ x_test.T)          # [S, C, N_test]
+    bayes = torch.einsum("s,scn->n", w, prob) / samples.shape[1]
     for name, p in (("MAP", torch.sigmoid(x_test @ theta_map)), ("SGLD predictive", bayes)):
         acc, log_lik = scores(p, y_test)
         print(f"{name:>20}: test accuracy {acc:.3f}, test log-likelihood {log_lik:.4f} nats")
-    spread = chain.samples.double().reshape(-1, x.shape[1]).std(0)
+    spread = samples.double().reshape(-1, x.shape[1]).std(0)
     laplace = torch.linalg.inv(neg_hessian(x, theta_map)).diagonal().sqrt()
     print(f"posterior std of the coefficients: median {spread.median():.3f}, max "
           f"{spread.max():.3f} (Laplace approximation: {laplace.median():.3f}, "
-          f"{laplace.max():.3f}); {chain.samples.shape[0]} kept x {args.chains} chains")
-    plot(chain, theta_map, args.out)
+          f"{laplace.max():.3f}); {samples.shape[0]} kept x {args.chains} chains")
+    plot(samples, info["iterations"], theta_map, args.out)
     print(f"wrote {args.out}")
 
 

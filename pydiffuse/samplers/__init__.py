@@ -19,8 +19,8 @@ from .ddpm import sample_ddpm
 from .edm import sample_dpmpp_2m, sample_euler, sample_heun
 from .ode import sample_ode
 from .pc import sample_colorize, sample_pc
-from .sgld import SGLDChain, sgld, sgld_step_sizes
+from .sgld import sgld, sgld_step_sizes
 
-__all__ = ["SAMPLERS", "Denoiser", "SGLDChain", "clear_graphs", "ddim_invert", "sample",
+__all__ = ["SAMPLERS", "Denoiser", "clear_graphs", "ddim_invert", "sample",
            "sample_ald", "sample_ddim", "sample_ddpm", "sample_dpmpp_2m", "sample_euler",
            "sample_heun", "sample_colorize", "sample_ode", "sample_pc", "sgld", "sgld_step_sizes"]

@@ -3,30 +3,10 @@ sampling from minibatch gradients, each update one fused ``langevin_step``."""
 
 import math
 import numbers
-from dataclasses import dataclass
-
 import torch
 
 from ..ops import langevin_step
 from ._common import NoiseStream, steps_bar
-
-
-@dataclass
-class SGLDChain:
-    """The kept states of an SGLD run.
-
-    Attributes:
-        samples: [n_kept, C, ...] theta after each kept iteration (C parallel chains).
-        step_sizes: [n_kept] float64 (CPU), epsilon_t of the update that produced each sample
-            (for the step-weighted average sum_t eps_t theta_t / sum_t eps_t, Welling & Teh).
-        iterations: [n_kept] long (CPU), the t (1-based) of each sample.
-        theta: [C, ...] the state after the last iteration.
-    """
-
-    samples: torch.Tensor
-    step_sizes: torch.Tensor
-    iterations: torch.Tensor
-    theta: torch.Tensor
 
 
 def sgld_step_sizes(n_iter: int, a: float, b: float, gamma: float) -> torch.Tensor:
@@ -74,7 +54,7 @@ def _gradient(fn, name: str, theta: torch.Tensor, *args) -> torch.Tensor:
 
 def sgld(grad_log_prior, grad_log_lik, data, theta0, *, n_iter: int, batch_size: int, a: float,
          b: float, gamma: float, burn_in: int = 0, thin: int = 1, seed: int = 0, progress=None,
-         callback=None) -> SGLDChain:
+         callback=None, return_info: bool = False):
     """SGLD (Welling & Teh 2011, eq. 4), for t = 1..n_iter:
 
         theta <- theta + (eps_t / 2) (grad log p(theta) + (N / n) sum_{i in batch} grad log
@@ -82,39 +62,41 @@ def sgld(grad_log_prior, grad_log_lik, data, theta0, *, n_iter: int, batch_size:
 
     one ``langevin_step(theta, drift, eps_t / 2)`` (x + e s + sqrt(2 e) z with e = eps_t / 2).
     Minibatches of n = ``batch_size`` are read without replacement within each epoch, in an order
-    drawn from ``seed`` (the Trainer's ``StepBatches``); the noise is the ops' stream of ``seed``.
-    The C chains share each minibatch and draw independent noise.
+    drawn from ``seed`` (the Trainer's ``StepBatches``); the noise is the ops' stream of ``seed``,
+    independent across the elements of theta. Parallel chains are a leading dimension of theta0
+    that the gradient functions handle ([C, P] theta): they share each minibatch.
 
     Convention: ``grad_log_lik(theta, batch)`` returns the SUM over the minibatch of the
     per-example gradients (not the mean); sgld scales it by N / n.
 
     Args:
-        grad_log_prior: theta [C, ...] -> grad log p(theta) [C, ...].
-        grad_log_lik: (theta [C, ...], batch) -> sum_i grad log p(x_i | theta) [C, ...], batch
+        grad_log_prior: theta -> grad log p(theta), theta0's shape.
+        grad_log_lik: (theta, batch) -> sum_i grad log p(x_i | theta), theta0's shape, batch
             being data's tensors at the minibatch's rows (a tensor, or a tuple like data).
         data: a tensor [N, ...] or a tuple of tensors [N, ...] (e.g. (X, y)), rows = examples.
-        theta0: [C, ...] the start of C parallel chains (one chain: theta0[None]); float32, or
-            float64 on the reference backend.
+        theta0: the start, any shape [...] (e.g. [P]; [C, P] for C parallel chains); float32,
+            or float64 on the reference backend.
         n_iter: iterations; batch_size: n in [1, N].
         a, b, gamma: the step schedule, a > 0, b >= 0, gamma in (0.5, 1].
         burn_in: iterations discarded first; thin: keep every thin-th iteration after it.
         seed: the minibatch order's and the noise's seed.
         progress: tqdm bar (None: only on a terminal).
         callback: callback({"t", "theta", "step_size"}) after each iteration.
+        return_info: also return {"step_sizes": [S] float64 epsilon_t of each kept sample (for
+            Welling & Teh's step-weighted average sum eps_t theta_t / sum eps_t), "iterations":
+            [S] their 1-based t, "theta": the final state}.
 
     Returns:
-        ``SGLDChain``: samples [(n_iter - burn_in) // thin, C, ...], their step sizes and
-        iterations, and the final theta.
+        the chain: samples [S, ...theta0's shape], S = (n_iter - burn_in) // thin (and the info).
     """
     from ..training.trainer import StepBatches     # here: training imports the samplers
 
     for name, fn in (("grad_log_prior", grad_log_prior), ("grad_log_lik", grad_log_lik)):
         if not callable(fn):
             raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
-    if not isinstance(theta0, torch.Tensor) or not theta0.is_floating_point() or theta0.ndim < 2:
+    if not isinstance(theta0, torch.Tensor) or not theta0.is_floating_point() or theta0.ndim < 1:
         got = list(theta0.shape) if isinstance(theta0, torch.Tensor) else type(theta0).__name__
-        raise ValueError(f"theta0 must be a floating tensor [C, ...] (C chains; one chain: "
-                         f"theta0[None]), got {got}")
+        raise ValueError(f"theta0 must be a floating tensor of at least one dimension, got {got}")
     fields, n_data = _check_data(data)
     n_iter = _count(n_iter, "n_iter", 1)
     batch_size = _count(batch_size, "batch_size", 1)
@@ -127,7 +109,9 @@ def sgld(grad_log_prior, grad_log_lik, data, theta0, *, n_iter: int, batch_size:
     eps = sgld_step_sizes(n_iter, a, b, gamma)
     scale = n_data / batch_size
     order = StepBatches(n_data, batch_size, seed, 0, n_iter)
-    noise = NoiseStream(seed, len(theta0), theta0.device)
+    # the op works on [B, ...]: a 1-D theta is one row
+    rows_of = (lambda v: v[None]) if theta0.ndim == 1 else (lambda v: v)
+    noise = NoiseStream(seed, len(rows_of(theta0)), theta0.device)
     theta = theta0.detach().clone()
     samples = theta.new_empty((n_kept, *theta.shape))
     kept = torch.arange(burn_in + thin, n_iter + 1, thin)[:n_kept]        # 1-based t
@@ -136,7 +120,8 @@ def sgld(grad_log_prior, grad_log_lik, data, theta0, *, n_iter: int, batch_size:
         batch = tuple(f[rows] for f in fields)
         drift = _gradient(grad_log_prior, "grad_log_prior", theta) + scale * _gradient(
             grad_log_lik, "grad_log_lik", theta, batch if len(batch) > 1 else batch[0])
-        theta = langevin_step(theta, drift, float(eps[i]) / 2, **noise.take())
+        theta = langevin_step(rows_of(theta), rows_of(drift), float(eps[i]) / 2,
+                              **noise.take()).reshape(theta.shape)
         k = i + 1 - burn_in
         if k > 0 and k % thin == 0:
             samples[k // thin - 1] = theta
@@ -144,4 +129,6 @@ def sgld(grad_log_prior, grad_log_lik, data, theta0, *, n_iter: int, batch_size:
             callback({"t": i + 1, "theta": theta, "step_size": float(eps[i])})
     if not torch.isfinite(samples).all():
         raise FloatingPointError("SGLD diverged (non-finite theta): lower a or raise b")
-    return SGLDChain(samples, eps[kept - 1], kept, theta)
+    if return_info:
+        return samples, {"step_sizes": eps[kept - 1], "iterations": kept, "theta": theta}
+    return samples

@@ -39,10 +39,10 @@ def grad_log_lik(theta, batch):
     return (y[None] - theta @ x.T) @ x / SIGMA ** 2
 
 
-def weighted_moments(chain):
+def weighted_moments(samples, info):
     """The step-weighted mean and covariance over every chain's kept samples."""
-    s = chain.samples.double().cpu().reshape(-1, P)
-    w = chain.step_sizes.repeat_interleave(CHAINS)[:, None]
+    s = samples.double().cpu().reshape(-1, P)
+    w = info["step_sizes"].repeat_interleave(CHAINS)[:, None]
     mean = (w * s).sum(0) / w.sum()
     d = s - mean
     return mean, (w * d).T @ d / w.sum()
@@ -50,9 +50,9 @@ def weighted_moments(chain):
 
 def posterior_errors(lik=grad_log_lik, seed=0):
     x, y, mu, cov = regression()
-    chain = sgld(grad_log_prior, lik, (x.to(DEVICE), y.to(DEVICE)),
-                 torch.zeros(CHAINS, P, device=DEVICE), seed=seed, **RUN)
-    mean, c = weighted_moments(chain)
+    mean, c = weighted_moments(*sgld(grad_log_prior, lik, (x.to(DEVICE), y.to(DEVICE)),
+                                     torch.zeros(CHAINS, P, device=DEVICE), seed=seed,
+                                     return_info=True, **RUN))
     inv_l = torch.linalg.inv(torch.linalg.cholesky(cov))
     return (inv_l @ (mean - mu)).norm().item(), torch.linalg.eigvalsh(inv_l @ c @ inv_l.T)
 
@@ -73,13 +73,13 @@ def test_sgld_without_n_over_n_scaling_is_caught():
 
 def test_step_schedule_and_kept_iterations():
     x, y, _, _ = regression()
-    chain = sgld(grad_log_prior, grad_log_lik, (x, y), torch.zeros(2, P), n_iter=23,
-                 batch_size=7, burn_in=5, thin=4, **SCHEDULE)
+    samples, info = sgld(grad_log_prior, grad_log_lik, (x, y), torch.zeros(2, P), n_iter=23,
+                         batch_size=7, burn_in=5, thin=4, return_info=True, **SCHEDULE)
     t = torch.tensor([9, 13, 17, 21])
-    assert chain.iterations.tolist() == t.tolist()
+    assert info["iterations"].tolist() == t.tolist()
     expected = SCHEDULE["a"] * (SCHEDULE["b"] + t.double()) ** -SCHEDULE["gamma"]
-    torch.testing.assert_close(chain.step_sizes, expected, rtol=1e-12, atol=0)
-    assert chain.samples.shape == (4, 2, P)
+    torch.testing.assert_close(info["step_sizes"], expected, rtol=1e-12, atol=0)
+    assert samples.shape == (4, 2, P)
     torch.testing.assert_close(sgld_step_sizes(3, 2.0, 0.0, 1.0),
                                torch.tensor([2.0, 1.0, 2 / 3], dtype=torch.float64))
 
@@ -89,22 +89,33 @@ def test_one_update_is_welling_teh_eq4():
     data = torch.zeros(N, 1, device=DEVICE)
     c = torch.tensor([0.5, -1.0, 2.0], device=DEVICE)
     theta0 = torch.tensor([[1.0, 2.0, 3.0], [-1.0, 0.0, 1.0]], device=DEVICE)
-    chain = sgld(grad_log_prior, lambda th, batch: len(batch) * c.expand_as(th), data, theta0,
-                 n_iter=1, batch_size=40, seed=3, **SCHEDULE)
+    samples, info = sgld(grad_log_prior, lambda th, batch: len(batch) * c.expand_as(th), data,
+                         theta0, n_iter=1, batch_size=40, seed=3, return_info=True, **SCHEDULE)
     eps = SCHEDULE["a"] * (SCHEDULE["b"] + 1) ** -SCHEDULE["gamma"]
     expected = theta0 + eps / 2 * (-ALPHA * theta0 + N * c) \
         + eps ** 0.5 * randn([2, P], 3, step=1, device=DEVICE)
-    torch.testing.assert_close(chain.theta, expected, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(chain.samples[0], chain.theta)
+    torch.testing.assert_close(info["theta"], expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(samples[0], info["theta"])
 
 
 def test_reproducible_with_seed():
     x, y, _, _ = regression()
     run = {"n_iter": 50, "batch_size": 16, **SCHEDULE}
     first, again, other = (sgld(grad_log_prior, grad_log_lik, (x, y), torch.zeros(3, P),
-                                seed=s, **run).samples for s in (0, 0, 1))
+                                seed=s, **run) for s in (0, 0, 1))
     assert torch.equal(first, again)
     assert not torch.allclose(first, other)
+
+
+def test_one_chain_of_a_vector():
+    """theta0 [P] is one chain with grads on [P]; it runs exactly as the chain [1, P] does."""
+    x, y, _, _ = regression()
+    run = {"n_iter": 30, "batch_size": 16, "seed": 4, **SCHEDULE}
+    vector = sgld(grad_log_prior, lambda th, b: grad_log_lik(th[None], b)[0], (x, y),
+                  torch.zeros(P), **run)
+    rows = sgld(grad_log_prior, grad_log_lik, (x, y), torch.zeros(1, P), **run)
+    assert vector.shape == (30, P)
+    torch.testing.assert_close(vector, rows[:, 0], rtol=0, atol=0)
 
 
 def test_minibatches_cover_each_epoch_once():
@@ -124,7 +135,7 @@ def test_minibatches_cover_each_epoch_once():
     ({"gamma": 0.5}, "gamma"), ({"gamma": 1.2}, "gamma"), ({"a": 0.0}, "a "),
     ({"b": -1.0}, "b "), ({"batch_size": N + 1}, "batch_size"), ({"n_iter": 0}, "n_iter"),
     ({"thin": 0}, "thin"), ({"burn_in": 10}, "no sample kept"),
-    ({"theta0": torch.zeros(P)}, "theta0"), ({"data": (torch.zeros(N, P), torch.zeros(N - 1))},
+    ({"theta0": torch.zeros(())}, "theta0"), ({"data": (torch.zeros(N, P), torch.zeros(N - 1))},
                                              "differ in length"),
     ({"prior": lambda th: th[:, :1]}, "grad_log_prior must return"),
 ])
