@@ -228,8 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     lik.add_argument("--bins", type=int, default=None,
                      help="the data's levels (default 17 for digits, 256 for .npz)")
     lik.add_argument("--steps", type=int, default=None, help="vlb: respace to this many steps")
-    lik.add_argument("--variance", default="fixed_small",
-                     choices=("fixed_small", "fixed_large", "learned_range"), help="vlb's Sigma_t")
+    lik.add_argument("--variance", default=None,
+                     choices=("fixed_small", "fixed_large", "learned_range"),
+                     help="vlb's Sigma_t (default learned_range for a 2C-output model, else "
+                          "fixed_small)")
     lik.add_argument("--divergence", default="hutchinson", choices=("hutchinson", "exact"))
     lik.add_argument("--probe", default="gaussian", choices=("gaussian", "rademacher"))
     lik.add_argument("--rtol", type=float, default=1e-5, help="ode solver tolerance")

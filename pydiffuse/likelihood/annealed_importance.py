@@ -9,6 +9,7 @@ decoder model p(x) = int p(z) p(x|z) dz (Wu et al. 2017), annealing from the pri
 p(z) p(x|z).
 """
 
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -201,6 +202,29 @@ def _step_sizes(step_size, adapt, n_transitions):
     return sizes
 
 
+def _takes_generator(fn) -> bool:
+    """Whether ``fn`` accepts a second positional argument (the generator)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):                 # a builtin without a signature
+        return True
+    kinds = [p.kind for p in params]
+    return inspect.Parameter.VAR_POSITIONAL in kinds or sum(
+        k in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        for k in kinds) >= 2
+
+
+def _draw_p0(sample_p0, n: int, gen: torch.Generator, seed: int):
+    """sample_p0(n, gen), or sample_p0(n) under the global RNG seeded with ``seed`` (restored
+    afterwards), so either form is reproducible."""
+    if _takes_generator(sample_p0):
+        return sample_p0(n, gen)
+    cuda = [gen.device] if gen.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        return sample_p0(n)
+
+
 def ais(log_f0, log_fn, sample_p0, *, n_samples: int, n_steps=None, schedule="linear",
         transition: str = "hmc", step_size=0.1, n_leapfrog: int = 5, target_accept=None,
         adapt: bool = True, seed: int = 0, device=None, progress=None) -> AISResult:
@@ -224,8 +248,9 @@ def ais(log_f0, log_fn, sample_p0, *, n_samples: int, n_steps=None, schedule="li
         log_f0, log_fn: [n, D] -> [n] unnormalized log-densities, differentiable for "mala" and
             "hmc" (gradients by autograd); each row must depend on its own x only. They must be
             finite at the samples of p_0; a proposal where they are not is rejected.
-        sample_p0: (n, generator) -> [n, D] draws of p_0 = f_0 / Z_0 (the chains' dtype and
-            device; "mala" on float64 chains needs the reference backend of the ops).
+        sample_p0: (n, generator) or (n) -> [n, D] draws of p_0 = f_0 / Z_0 (the chains'
+            dtype and device; "mala" on float64 chains needs the reference backend of the ops);
+            a one-argument sample_p0 runs under the global RNG seeded with ``seed``.
         n_samples: n, the number of chains.
         n_steps, schedule: K and "linear" | "sigmoid", or a tensor of K + 1 betas from 0 to 1.
         transition: "mh" | "mala" | "hmc".
@@ -251,7 +276,7 @@ def ais(log_f0, log_fn, sample_p0, *, n_samples: int, n_steps=None, schedule="li
     sizes = _step_sizes(step_size, adapt, len(betas) - 2)
     gen = torch.Generator(device=device or "cpu").manual_seed(seed)
 
-    x = sample_p0(n_samples, gen)
+    x = _draw_p0(sample_p0, n_samples, gen, seed)
     if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[0] != n_samples:
         shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"sample_p0 must return [n_samples, D] = [{n_samples}, D], got {shape}")

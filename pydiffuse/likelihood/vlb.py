@@ -125,9 +125,17 @@ class VLBResult:
     bpd: torch.Tensor
 
 
+def detect_variance(model, sched, x0: torch.Tensor, model_kwargs=None) -> str:
+    """"learned_range" if the model answers x0[:1] with 2C channels (iDDPM's learned variance),
+    else "fixed_small": one model call at the schedule's first step."""
+    den = Denoiser(model, model_kwargs=batch_kwargs(model_kwargs, slice(0, 1), len(x0)))
+    out = den(x0[:1], sched.timesteps[:1].to(x0.device), keep_variance=True)
+    return "learned_range" if out.shape[1] == 2 * x0.shape[1] else "fixed_small"
+
+
 @torch.no_grad()
 def vlb(model, process, x0: torch.Tensor, *, prediction: str = "eps",
-        variance: str = "fixed_small", clip=None, steps=None, bins: int = 256, batch_size=None,
+        variance: str | None = None, clip=None, steps=None, bins: int = 256, batch_size=None,
         seed=None, progress=None, model_kwargs=None) -> VLBResult:
     """The variational bound -log p(x_0) <= L of each example, term by term, with one fresh
     x_t ~ q(x_t | x_0) per term (Ho et al. 2020, eq. 5; improved-diffusion's calc_bpd_loop).
@@ -147,7 +155,8 @@ def vlb(model, process, x0: torch.Tensor, *, prediction: str = "eps",
         x0: [B, C, ...] data in [-1, 1] on ``bins`` levels (any float dtype; float64 data are
             evaluated in float64).
         prediction: what the model predicts: "eps", "x0", "v" or "score".
-        variance: "fixed_small", "fixed_large" or "learned_range".
+        variance: "fixed_small", "fixed_large" or "learned_range"; None: "learned_range" for
+            a model with 2C output channels, else "fixed_small" (``detect_variance``).
         clip: clamp x0^ to [-clip, clip] (None: no clamping).
         steps: respace ``process`` first: an int K or any ``DiscreteSchedule.respace`` spec.
         bins: the data's number of levels (8-bit: 256; the digits: 17).
@@ -168,6 +177,8 @@ def vlb(model, process, x0: torch.Tensor, *, prediction: str = "eps",
                          "for a score SDE use ode_nll")
     check_prediction(prediction)
     sched = process if steps is None else process.respace(steps)
+    if variance is None:
+        variance = detect_variance(model, sched, x0, model_kwargs)
     columns = vlb_columns(sched, prediction, variance)
     learned = variance == "learned_range"
     seeds = sample_seeds(seed, len(x0))

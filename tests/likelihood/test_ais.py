@@ -162,3 +162,16 @@ def test_bad_input():
         ais(log_f0, log_gauss, sample_p0, step_size=torch.ones(2), **kw)
     with pytest.raises(ValueError, match="one per transition"):
         ais(log_f0, log_gauss, sample_p0, step_size=torch.ones(3), adapt=False, **kw)
+
+
+def test_sample_p0_may_take_only_n():
+    """A one-argument sample_p0 (the global RNG, seeded from ``seed``) is reproducible and
+    estimates the same log Z."""
+    def draw(n):
+        return SIGMA0 * torch.randn(n, D)
+
+    runs = [ais(log_f0, log_gauss, draw, n_samples=300, n_steps=40, transition="hmc", seed=s)
+            for s in (4, 4, 5)]
+    assert torch.equal(runs[0].log_w, runs[1].log_w)
+    assert not torch.equal(runs[0].log_w, runs[2].log_w)
+    assert abs(runs[0].log_z - GAUSS_LOG_Z) < 4 * runs[0].stderr

@@ -129,7 +129,7 @@ def test_the_noise_is_standard_normal_and_fresh_per_term():
     sched = schedules.linear(40, beta_start=1e-3, beta_end=0.2)
     model = Recorder(gaussian_oracle(sched, "eps"))
     x0 = grid_data(64, 256)
-    vlb(model, sched, x0, seed=0, progress=False)
+    vlb(model, sched, x0, variance="fixed_small", seed=0, progress=False)
     a, s = sched.alphas_cumprod.sqrt(), (1 - sched.alphas_cumprod).sqrt()
     z = torch.stack([(x_t - a[i] * x0) / s[i] for i, (x_t, _, _) in enumerate(model.calls)])
     assert abs(z.mean().item()) < 0.1 and abs(z.var().item() - 1) < 0.1
@@ -147,13 +147,29 @@ def test_batches_labels_and_seeds():
     whole = vlb(Recorder(oracle), full, x0, prediction="score", steps=6, seed=1, progress=False,
                 model_kwargs={"y": y})
     model = Recorder(oracle)
-    parts = vlb(model, full.respace(6), x0, prediction="score", batch_size=4, seed=1,
-                progress=False, model_kwargs={"y": y})
+    parts = vlb(model, full.respace(6), x0, prediction="score", variance="fixed_small",
+                batch_size=4, seed=1, progress=False, model_kwargs={"y": y})
     torch.testing.assert_close(parts.terms, whole.terms, rtol=0, atol=1e-12)
     assert [len(c[0]) for c in model.calls] == [4] * 6 + [4] * 6 + [2] * 6
     assert torch.equal(torch.cat([c[2] for c in model.calls[::6]]), y)
     other = vlb(Recorder(oracle), full, x0, prediction="score", steps=6, seed=2, progress=False)
     assert not torch.allclose(other.terms, whole.terms)
+
+
+def test_the_variance_follows_the_model_output_by_default():
+    """variance=None reads the model: 2C channels give the learned-range bound, C the fixed-small
+    one (a 2C model must not silently get a fixed variance)."""
+    sched = schedules.linear(12, beta_start=1e-3, beta_end=0.3)
+    x0 = grid_data(6, 256)
+    auto = {}
+    for learned, expected in ((True, "learned_range"), (False, "fixed_small")):
+        model = Recorder(gaussian_oracle(sched, "eps"), learned=learned)
+        auto[learned] = vlb(model, sched, x0, seed=3, progress=False).terms
+        explicit = vlb(model, sched, x0, variance=expected, seed=3, progress=False)
+        torch.testing.assert_close(auto[learned], explicit.terms, rtol=0, atol=0)
+    fixed = vlb(Recorder(gaussian_oracle(sched, "eps"), learned=True), sched, x0,
+                variance="fixed_small", seed=3, progress=False)
+    assert not torch.allclose(fixed.terms, auto[True])
 
 
 def test_bad_input():
