@@ -110,15 +110,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_ranks_match_one(tmp_path):
-    out = tmp_path / "ddp"
+def run_two_ranks(worker: str, out: Path):
+    """``torchrun --nproc_per_node 2 worker out`` on this machine's CPU (gloo); asserts success."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
            "OMP_WAIT_POLICY": "PASSIVE"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), __file__, str(out)]
-    run = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                         check=False)
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), worker, str(out)]
+    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+
+
+def test_two_ranks_match_one(tmp_path):
+    out = tmp_path / "ddp"
+    run_two_ranks(__file__, out)
 
     single = train(tmp_path / "single")
     ddp = load_checkpoint(latest_checkpoint(out / "run"))

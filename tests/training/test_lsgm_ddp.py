@@ -8,8 +8,6 @@ is the worker that ``test_lsgm_trains_on_two_ranks`` launches.
 """
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,22 +15,15 @@ import torch
 
 from pydiffuse.training import distributed
 from pydiffuse.training.checkpoint import latest_checkpoint, load_checkpoint
-from tests.training.test_ddp import _free_port
+from tests.training.test_ddp import run_two_ranks
 from tests.training.test_lsgm import run
 
-ROOT = Path(__file__).resolve().parents[2]
 STEPS = 6                                   # the warm-up is 3 steps: both phases run
 
 
 def test_lsgm_trains_on_two_ranks(tmp_path):
     out = tmp_path / "ddp"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
-           "OMP_WAIT_POLICY": "PASSIVE"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), __file__, str(out)]
-    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          check=False)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    run_two_ranks(__file__, out)
     sums = [json.loads((out / f"weights{r}.json").read_text()) for r in range(2)]
     assert sums[0] == sums[1]                                    # the ranks agree
     ckpt = load_checkpoint(latest_checkpoint(out / "run"))
