@@ -6,11 +6,12 @@
 #     OUT=/path/to/results bash benchmarks/gpu_check.sh
 #
 # builds pydiffuse._C with the CUDA kernels, runs the device tests, `pydiffuse info`, the
-# benchmarks (float32 and bfloat16), a DDIM loop (also as one CUDA graph) and the sampling
-# benchmark, and writes into $OUT (at most 9 files):
-#   gpu_check.log  every step's command, output and exit status
+# benchmarks (float32 and bfloat16), the UNet fused vs reference, a DDIM loop (also as one CUDA
+# graph), the likelihoods and LSGM on the device, and the sampling benchmark, and writes into
+# $OUT (at most 10 files):
+#   gpu_check.log  every step's command, output and exit status; lsgm.png  LSGM samples
 #   report.md      card, date, versions, step summary, test summary, benchmark tables
-#   bench_fp32.{json,png}, bench_bf16.{json,png}, bench_sampling.json
+#   bench_fp32.{json,png}, bench_bf16.{json,png}, bench_unet.json, bench_sampling.json
 # Each step has a timeout and the whole run fits GPU_CHECK_BUDGET_S (default 540 s); a failing
 # step is recorded and the next one runs. Results go to benchmarks/results/ with card and date.
 #
@@ -99,9 +100,16 @@ step tests 200 "$PY" -m pytest --maxfail=25 -q tests/ops tests/nn tests/samplers
 step info 60 "$PY" -m pydiffuse.cli info
 step bench_fp32 110 "$PY" -m pydiffuse.cli bench $QUICK --device "$DEVICE" --dtype float32 \
   --json "$OUT/bench_fp32.json" --plot "$OUT/bench_fp32.png"
+step unet 90 "$PY" benchmarks/bench_unet.py --quick --device "$DEVICE" \
+  --json "$OUT/bench_unet.json"
 step bench_bf16 110 "$PY" -m pydiffuse.cli bench $QUICK --device "$DEVICE" --dtype bfloat16 \
   --json "$OUT/bench_bf16.json" --plot "$OUT/bench_bf16.png"
 step ddim 60 "$PY" -m pydiffuse._demo_loop --device "$DEVICE"
+# the shipped models on the device: LSGM samples and NELBO, the digits model's ODE bits/dim
+step likelihood 60 bash -c "'$PY' -m pydiffuse.cli sample --ckpt lsgm --n 64 --device $DEVICE \
+  --out '$OUT/lsgm.png' && '$PY' -m pydiffuse.cli likelihood --ckpt lsgm --n 32 --device $DEVICE \
+  && '$PY' -m pydiffuse.cli likelihood --ckpt digits --method ode --n 8 --rtol 1e-3 --atol 1e-3 \
+  --device $DEVICE"
 if "$PY" -c "import diffusers" 2>/dev/null; then
   step sampling 90 "$PY" benchmarks/bench_sampling.py $QUICK --device "$DEVICE" \
     --json "$OUT/bench_sampling.json"
@@ -147,7 +155,9 @@ for name in ("bench_fp32", "bench_bf16"):
     text = read(name)
     start = text.find("pydiffuse ")  # the table's first line; progress or errors before it
     lines += [f"## {name}", "", block(text[start:] if start >= 0 else text[-3000:])]
+lines += ["## UNet, fused vs reference", "", block(read("unet")[-3000:])]
 lines += ["## DDIM loop", "", block(read("ddim"))]
+lines += ["## Shipped models on the device", "", block(read("likelihood")[-3000:])]
 lines += ["## Sampling benchmark", "", block(read("sampling"))]
 (out / "report.md").write_text("\n".join(lines) + "\n")
 print("wrote", out / "report.md")
