@@ -8,13 +8,14 @@ import math
 import torch
 
 from .likelihood.ode import ode_nll
+from .pipeline import Pipeline
 from .samplers import sample as sample_with
 from .training.lsgm_loss import cross_entropy
 
 LSGM_SAMPLERS = ("ode", "pc")
 
 
-class LSGMPipeline:
+class LSGMPipeline(Pipeline):
     """``pydiffuse.load`` of an LSGM checkpoint: ``pipe.sample(n, sampler="ode" | "pc", ...)``
     returns decoded images [n, C, H, W] in [-1, 1].
 
@@ -22,15 +23,10 @@ class LSGMPipeline:
     ("eps", the prior's), ``event_shape`` (the images'), ``config``.
     """
 
-    def __init__(self, model, config: dict):
-        self.model, self.config = model, config
-        self.process, self.prediction = model.sde, "eps"
-        self.event_shape = model.vae.image_shape
-        self.defaults = dict(config.get("sample", {}))
+    default_sampler = "ode"
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+    def __init__(self, model, config: dict):
+        super().__init__(model, model.sde, "eps", config, model.vae.image_shape)
 
     def sample(self, n: int, *, sampler=None, steps=None, seed=0, labels=None, guidance=None,
                progress=None, return_info: bool = False, **options):
@@ -50,16 +46,10 @@ class LSGMPipeline:
         """
         if labels is not None or guidance is not None:
             raise ValueError("this LSGM is not class-conditional: no labels or guidance")
-        defaults = dict(self.defaults)
-        default_sampler = defaults.pop("sampler", "ode")
-        if sampler not in (None, default_sampler):
-            defaults = {}
-        sampler = sampler or default_sampler
+        sampler, opts = self._sampler_options(sampler, steps, options)
         if sampler not in LSGM_SAMPLERS:
             raise ValueError(f"an LSGM samples its latent with {LSGM_SAMPLERS}, got {sampler!r}")
-        opts = {"eps": self.model.eps, **defaults, **options}
-        if steps is not None:
-            opts["steps"] = steps
+        opts = {"eps": self.model.eps, **opts}
         with torch.no_grad():
             z, info = sample_with(self.model.prior, (n, *self.model.latent_shape),
                                   process=self.process, sampler=sampler, prediction="eps",

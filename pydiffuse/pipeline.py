@@ -69,9 +69,11 @@ class Pipeline:
     on ``levels`` (default 10) geometric noise levels spanning its own (``LadderView``).
     """
 
-    def __init__(self, model, process, prediction: str, config: dict, model_kwargs: dict):
+    default_sampler = "ddim"
+
+    def __init__(self, model, process, prediction: str, config: dict, event_shape: tuple):
         self.model, self.process, self.prediction, self.config = model, process, prediction, config
-        self.event_shape = _event_shape(model_kwargs)
+        self.event_shape = tuple(event_shape)
         self.defaults = dict(config.get("sample", {}))
 
     @property
@@ -82,14 +84,7 @@ class Pipeline:
                progress=None, return_info: bool = False, **options):
         """n samples [n, *event_shape] in [-1, 1] with any sampler of ``pydiffuse.sample``
         (and its {"nfe", "seconds"} with ``return_info``)."""
-        defaults = dict(self.defaults)           # the config's sampler and its options
-        default_sampler = defaults.pop("sampler", "ddim")
-        if sampler not in (None, default_sampler):
-            defaults = {}
-        sampler = sampler or default_sampler
-        opts = {**defaults, **options}
-        if steps is not None:
-            opts["steps"] = steps
+        sampler, opts = self._sampler_options(sampler, steps, options)
         null = getattr(self.model, "null_label", None)
         kwargs = {}
         if null is not None:
@@ -117,6 +112,19 @@ class Pipeline:
                             **opts)
         x, info = x[0].clamp(-1, 1), x[1]
         return (x, info) if return_info else x
+
+
+    def _sampler_options(self, sampler, steps, options: dict):
+        """(sampler, options): the config's ``sample`` section names the default sampler and
+        that sampler's options; explicit ones win, another sampler starts from none."""
+        defaults = dict(self.defaults)
+        default_sampler = defaults.pop("sampler", self.default_sampler)
+        if sampler not in (None, default_sampler):
+            defaults = {}
+        opts = {**defaults, **options}
+        if steps is not None:
+            opts["steps"] = steps
+        return sampler or default_sampler, opts
 
 
 def _labels(labels, n: int, device) -> torch.Tensor:
@@ -164,7 +172,7 @@ def load(path, *, device=None, ema: bool = True) -> Pipeline:
 
         return LSGMPipeline(model, config)
     return Pipeline(model, run_config.build_process(config), config.get("prediction", "eps"),
-                    config, model_kwargs)
+                    config, _event_shape(model_kwargs))
 
 
 def export(path, out_dir, *, ema: bool = True) -> Path:
