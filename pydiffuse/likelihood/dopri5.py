@@ -11,7 +11,7 @@ stages as plain float64 tensor arithmetic on the state's device.
 import torch
 
 from ..samplers._common import steps_bar
-from ..samplers.ode import DP_A, DP_C, DP_E, MAX_FACTOR, MIN_FACTOR, SAFETY
+from ..samplers.ode import DP_A, DP_C, DP_E, controlled_step, initial_step_from_norms
 
 
 def _rms(v: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -28,9 +28,7 @@ def _initial_step(fn, t, y, k1, span, rtol, atol):
     h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
     h0 = torch.minimum(h0, span)
     d2 = _rms(fn(t + h0, y + h0[:, None] * k1) - k1, scale) / h0
-    top = torch.maximum(d1, d2)
-    h1 = torch.where(top <= 1e-15, (h0 * 1e-3).clamp(min=1e-6), (0.01 / top) ** 0.2)
-    return torch.minimum(torch.minimum(100 * h0, h1), span)
+    return initial_step_from_norms(h0, d1, d2, span)
 
 
 def dopri5(fn, y0: torch.Tensor, t0: float, t1: float, *, rtol: float, atol: float,
@@ -75,13 +73,10 @@ def dopri5(fn, y0: torch.Tensor, t0: float, t1: float, *, rtol: float, atol: flo
         nfe += len(DP_C) - 1
         err = h[:, None] * sum(w * k for w, k in zip(DP_E, ks) if w != 0.0)
         norm = _rms(err, atol + rtol * torch.maximum(y.abs(), y_s.abs()))
-        ok = norm <= 1
+        t, h, ok = controlled_step(t, h, norm, retry, end)
         y, k1 = torch.where(ok[:, None], y_s, y), torch.where(ok[:, None], ks[-1], k1)
-        t = torch.where(ok, torch.where(h == end - t, end, t + h), t)
         accepted += ok & active
         rejected += ~ok & active
-        factor = (SAFETY * norm ** -0.2).clamp(MIN_FACTOR, MAX_FACTOR)
-        h = h * torch.where(ok & retry, factor.clamp(max=1.0), factor)
         retry = ~ok
     else:
         if bool((t < end).any()):

@@ -101,6 +101,16 @@ def _fixed_step(den, x, process, prediction, method, steps, eps, callback, progr
                            progress=progress, desc=f"ode {method}")
 
 
+def controlled_step(t, h, norm, retry, end):
+    """Dormand-Prince step-size control per sample (Hairer, Norsett & Wanner, I, II.4): accept
+    where the error norm <= 1 (t += h, landing exactly on ``end``), then h *= clamp(0.9
+    norm^(-1/5), 0.2, 10), not growing right after a rejection (``retry``). Returns (t, h, ok)."""
+    ok = norm <= 1
+    t = torch.where(ok, torch.where(h == end - t, end, t + h), t)
+    factor = (SAFETY * norm ** -0.2).clamp(MIN_FACTOR, MAX_FACTOR)
+    return t, h * torch.where(ok & retry, factor.clamp(max=1.0), factor), ok
+
+
 def _rms(v, scale):
     """Per-sample root mean square of v / scale, float32 [B]."""
     return (v.float() / scale).square().flatten(1).mean(1).sqrt()
@@ -140,7 +150,13 @@ def _initial_step(den, x, k1, process, prediction, t, span, rtol, atol):
     c = _device_columns({**_stage_columns(process, prediction, [t - h0]), "h": -h0}, x.device)
     k2 = _drift(den, lincomb([x, k1], [1.0, c["h"]]), c, 0)
     d2 = _rms(lincomb([k2, k1], [1.0, -1.0]), scale).double().cpu() / h0
-    top = torch.maximum(d[1], d2)
+    return initial_step_from_norms(h0, d[1], d2, span)
+
+
+def initial_step_from_norms(h0, d1, d2, span):
+    """The last part of Hairer's starting step: h1 = (0.01 / max(d1, d2))^(1/5) from the scaled
+    norms d1 = |f| and d2 = |f(y + h0 f) - f| / h0, and h = min(100 h0, h1, span), per sample."""
+    top = torch.maximum(d1, d2)
     h1 = torch.where(top <= 1e-15, (h0 * 1e-3).clamp(min=1e-6), (0.01 / top) ** 0.2)
     return torch.minimum(torch.minimum(100 * h0, h1), span)
 
@@ -175,12 +191,9 @@ def _rk45(den, x, process, prediction, eps, rtol, atol, max_steps, callback, pro
         ok = (norm <= 1).reshape(shape)
         x, k1 = torch.where(ok, y, x), torch.where(ok, ks[-1], k1)
         norm = norm.double().cpu()                     # the loop's one host sync per step
-        ok = norm <= 1
-        t = torch.where(ok, torch.where(h == eps - t, eps, t + h), t)
+        t, h, ok = controlled_step(t, h, norm, retry, eps)
         accepted += ok & active
         rejected += ~ok & active
-        factor = (SAFETY * norm ** -0.2).clamp(MIN_FACTOR, MAX_FACTOR)
-        h = h * torch.where(ok & retry, factor.clamp(max=1.0), factor)
         retry = ~ok
         if callback is not None:
             callback({"i": i, "t": t, "x": x})
