@@ -4,7 +4,6 @@ same in any batch) and splitting the data and its model keywords into batches.""
 import numbers
 
 import torch
-from tqdm.auto import tqdm
 
 
 def check_data(x, name: str = "x") -> torch.Tensor:
@@ -44,9 +43,3 @@ def batch_kwargs(model_kwargs, sl: slice, n: int) -> dict:
     anything else passed whole."""
     return {k: v[sl] if isinstance(v, torch.Tensor) and v.ndim >= 1 and len(v) == n else v
             for k, v in (model_kwargs or {}).items()}
-
-
-def progress_bar(total: int, progress, desc: str):
-    """A tqdm bar (progress None: only on a terminal)."""
-    return tqdm(total=total, desc=desc, disable=None if progress is None else not progress,
-                leave=False)

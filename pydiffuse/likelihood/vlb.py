@@ -20,10 +20,12 @@ import torch
 from ..ops import randn
 from ..predictions import check_prediction
 from ..samplers import Denoiser
+from ..samplers._common import progress_bar
 from ..samplers.ddpm import VARIANCES, ddpm_table
 from ..schedules import as_process
 from ..sde import _per_sample
-from ._batch import batch_kwargs, batches, check_data, progress_bar, sample_seeds
+from ._batch import batch_kwargs, batches, check_data, sample_seeds
+
 
 def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
     """KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))) elementwise (broadcast)."""

@@ -12,6 +12,14 @@ from .presets import create_model
 from .vae import ConvVAE
 
 
+def diffuse(sde: VPSDE, z0: torch.Tensor, t):
+    """(z_t = m_t z_0 + sigma_t n, n), n ~ N(0, I) from torch's global generator, differentiable
+    in z_0 (the encoder's gradient passes through it); t: [B] host times."""
+    m, std = sde.marginal(torch.as_tensor(t).detach().cpu())
+    n = torch.randn_like(z0)
+    return _per_sample(m, z0) * z0 + _per_sample(std, z0) * n, n
+
+
 class MixedScore(nn.Module):
     """The mixed score parameterization of a latent VP SDE's eps-prediction (LSGM):
 
@@ -91,12 +99,6 @@ class LSGM(nn.Module):
     def latent_shape(self) -> tuple:
         return self.vae.latent_shape
 
-    def _diffuse(self, z0, t):
-        """(z_t = m_t z0 + sigma_t n, n) with n ~ N(0, I) from torch's global generator."""
-        m, std = self.sde.marginal(torch.as_tensor(t).detach().cpu())
-        n = torch.randn_like(z0)
-        return _per_sample(m, z0) * z0 + _per_sample(std, z0) * n, n
-
     def q_eps(self, mu, log_sigma):
         """(mean, log std) of q(z_eps | x) = N(m_eps mu, m_eps^2 sigma^2 + sigma_eps^2)."""
         m, s = (float(v) for v in self.sde.marginal(self.eps))
@@ -124,11 +126,11 @@ class LSGM(nn.Module):
         out = {"mu": mu, "log_sigma": log_sigma, "z0": z0, "log_std_eps": log_std_eps,
                "recon": self.vae.nll(x, z_eps)}
         if t_vae is not None:
-            z_t, out["noise_vae"] = self._diffuse(z0, t_vae)
+            z_t, out["noise_vae"] = diffuse(self.sde, z0, t_vae)
             frozen = {k: v.detach() for k, v in self.prior.named_parameters()}
             out["eps_vae"] = functional_call(self.prior, frozen, (z_t, t_vae))
         if t_prior is not None:
-            z_t, out["noise_prior"] = self._diffuse(z0.detach(), t_prior)
+            z_t, out["noise_prior"] = diffuse(self.sde, z0.detach(), t_prior)
             out["eps_prior"] = self.prior(z_t, t_prior)
         return out
 

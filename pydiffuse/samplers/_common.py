@@ -178,10 +178,16 @@ def batch_time(times: torch.Tensor, i: int, batch: int) -> torch.Tensor:
     return times[i].expand(batch)
 
 
+def progress_bar(total: int, progress, desc: str, iterable=None):
+    """A tqdm bar of ``total`` steps over ``iterable`` or updated by hand (progress None: only on
+    a terminal)."""
+    return tqdm(iterable, total=total, desc=desc,
+                disable=None if progress is None else not progress, leave=False)
+
+
 def steps_bar(n: int, progress, desc: str):
     """range(n) with a tqdm bar (progress None: only on a terminal)."""
-    return tqdm(range(n), desc=desc, disable=None if progress is None else not progress,
-                leave=False)
+    return progress_bar(n, progress, desc, range(n))
 
 
 def check_x(x) -> torch.Tensor:

@@ -32,7 +32,8 @@ import math
 
 import torch
 
-from ..sde import VPSDE, _per_sample
+from ..nn.lsgm import diffuse
+from ..sde import VPSDE
 from .losses import Objective
 
 PRIOR_WEIGHTINGS = ("eps", "likelihood")
@@ -96,9 +97,7 @@ def cross_entropy(eps_fn, sde: VPSDE, z0: torch.Tensor, eps: float = 1e-5,
         [B] nats; its mean over z_0 ~ q estimates CE(q_eps || p_eps).
     """
     t, w = ce_times(sde, len(z0), eps, importance)
-    m, std = sde.marginal(t)
-    noise = torch.randn_like(z0)
-    z_t = _per_sample(m, z0) * z0 + _per_sample(std, z0) * noise
+    z_t, noise = diffuse(sde, z0, t)
     return ce_from_eps(eps_fn(z_t, t), noise, w, ce_constant(sde, z0, eps))
 
 
