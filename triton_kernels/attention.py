@@ -92,10 +92,12 @@ def _attention_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
         s = _dot(q, kt, None, PRECISION, EMULATE_BF16) * qk_scale
         if not EVEN_N:
             s = tl.where(mask_n[None, :], s, float("-inf"))
-        # Every block holds a valid key, so m_new is finite and alpha = 0 on the first block.
+        # The shift is 0 while a row has met only -inf scores (keys masked to -inf): no
+        # -inf - -inf = NaN (FlashAttention's Check_inf); alpha = 0 on its first finite block.
         m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.exp2(s - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
+        shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - shift[:, None])
+        alpha = tl.exp2(m_i - shift)
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_ptr + n[:, None] * svn + offs_d[None, :], mask=mask_n[:, None], other=0.0)
         acc = _dot(_to(p, v.dtype, EMULATE_BF16), v, acc * alpha[:, None], PRECISION, EMULATE_BF16)
@@ -152,9 +154,10 @@ def _attention_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, 
         m = start + offs_m
         mask_m = m < n_q
         qt = tl.load(q_ptr + m[None, :] * sqn + offs_d[:, None], mask=mask_m[None, :], other=0.0)
-        # lse = +inf past the last query makes P^T's padding columns exactly 0.
-        lse2 = tl.load(lse_ptr + m, mask=mask_m, other=float("inf")) * LOG2E
+        lse2 = tl.load(lse_ptr + m, mask=mask_m, other=0.0) * LOG2E
         pt = tl.exp2(_dot(k, qt, None, PRECISION, EMULATE_BF16) * qk_scale - lse2[None, :])
+        # P^T's padding columns are 0 (a key of -inf meets a padding query of 0 in a NaN).
+        pt = tl.where(mask_m[None, :], pt, 0.0)
         do = tl.load(do_ptr + m[:, None] * sdn + offs_d[None, :], mask=mask_m[:, None], other=0.0)
         dv = _dot(_to(pt, do.dtype, EMULATE_BF16), do, dv, PRECISION, EMULATE_BF16)
         delta = tl.load(delta_ptr + m, mask=mask_m, other=0.0)

@@ -80,18 +80,24 @@ inline __attribute__((always_inline)) void scale_row(float* o, int64_t n, float 
 }
 
 // Online softmax of one tile (scores in base 2, rows x cols, row stride ld): the tile becomes
-// 2^(s - m_new), m and l (running max and sum) are updated and O's rows rescaled.
+// 2^(s - m_new), m and l (running max and sum) are updated and O's rows rescaled. The first
+// tile of a task starts the state afresh (m and l are scratch reused across tasks: nothing of
+// another row may leak in). While a row has seen only -inf scores its max stays -inf and the
+// shift is 0 (FlashAttention's Check_inf), so 2^(-inf - -inf) = NaN never arises.
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 void softmax_tile(float* s, int64_t rows, int64_t cols, int64_t ld, float* m, float* l, float* o,
                   int64_t d, bool first) {
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   for (int64_t r = 0; r < rows; ++r) {
     float* row = s + r * ld;
-    const float m_new = std::max(m[r], row_max(row, cols));
-    const float sum = exp2_row(row, cols, m_new);
+    const float m_old = first ? kNegInf : m[r];
+    const float m_new = std::max(m_old, row_max(row, cols));
+    const float shift = m_new == kNegInf ? 0.0f : m_new;
+    const float sum = exp2_row(row, cols, shift);
     if (first) {
       l[r] = sum;
     } else {
-      const float corr = exp2_neg(m[r] - m_new);
+      const float corr = exp2_neg(m_old - shift);
       l[r] = l[r] * corr + sum;
       if (corr != 1.0f) scale_row(o + r * d, d, corr);
     }

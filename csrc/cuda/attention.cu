@@ -32,6 +32,11 @@ struct Tiles {
   static constexpr int kBytes = 2 * 2 * kElems * sizeof(T);
 };
 
+// The online softmax's shift for a running max m: m, or 0 while a row has met only -inf
+// scores (keys masked to -inf), so that 2^(s - m) never computes -inf - -inf = NaN
+// (FlashAttention's Check_inf).
+__device__ __forceinline__ float softmax_shift(float m) { return m == kNegInf ? 0.0f : m; }
+
 __device__ __forceinline__ unsigned smem_address(const void* p) {
   return static_cast<unsigned>(__cvta_generic_to_shared(p));
 }
@@ -214,12 +219,13 @@ __global__ void __launch_bounds__(kBlockThreads)
         mx[c >> 1] = fmaxf(mx[c >> 1], s[j][c]);
       }
     }
-    float alpha[2];
+    float alpha[2], shift[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       mx[r] = fmaxf(mx[r], __shfl_xor_sync(kFullMask, mx[r], 1));
       mx[r] = fmaxf(mx[r], __shfl_xor_sync(kFullMask, mx[r], 2));
-      alpha[r] = exp2f(m[r] - mx[r]);  // 0 on the first tile; every tile has a valid key
+      shift[r] = softmax_shift(mx[r]);
+      alpha[r] = exp2f(m[r] - shift[r]);  // 0 until the row has met a finite score
       m[r] = mx[r];
       l[r] *= alpha[r];
     }
@@ -227,7 +233,7 @@ __global__ void __launch_bounds__(kBlockThreads)
     for (int j = 0; j < kSTiles; ++j) {
 #pragma unroll
       for (int c = 0; c < 4; ++c) {
-        s[j][c] = exp2f(s[j][c] - m[c >> 1]);
+        s[j][c] = exp2f(s[j][c] - shift[c >> 1]);
         l[c >> 1] += s[j][c];
       }
     }
@@ -337,7 +343,8 @@ __global__ void __launch_bounds__(kBlockThreads)
       s[j] = n0 + j < a.n_k ? dot * scale_log2 : kNegInf;
       mx = fmaxf(mx, s[j]);
     }
-    const float alpha = exp2f(m - mx);  // 0 on the first tile; every tile has a valid key
+    const float shift = softmax_shift(mx);
+    const float alpha = exp2f(m - shift);  // 0 until the row has met a finite score
     m = mx;
     l *= alpha;
 #pragma unroll
@@ -349,7 +356,7 @@ __global__ void __launch_bounds__(kBlockThreads)
     }
 #pragma unroll
     for (int j = 0; j < kSimtBlockN; ++j) {
-      const float p = exp2f(s[j] - m);
+      const float p = exp2f(s[j] - shift);
       l += p;
 #pragma unroll
       for (int i = 0; i < kVecs; ++i) {

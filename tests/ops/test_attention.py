@@ -69,10 +69,18 @@ def _torch_in(q, k, v, grad, dtype, scale=None):
 
 
 def _check_errors(names, actual, truth, lowp, dtype):
+    """Each result within twice PyTorch's own error of the float64 truth, and NaN exactly
+    where the truth is NaN (e.g. dq through a key of -inf: 0 * -inf)."""
     for name, a, t, p in zip(names, actual, truth, lowp):
         assert a.shape == t.shape, f"{name}: shape {list(a.shape)}, expected {list(t.shape)}"
-        err = (a.detach().cpu().double() - t).abs().max().item()
-        torch_err = (p.detach().double() - t).abs().max().item()
+        a, t, p = a.detach().cpu().double(), t.detach(), p.detach().double()
+        nan = t.isnan()
+        assert torch.equal(a.isnan(), nan), f"{name}: {a.isnan().sum()} NaN, truth {nan.sum()}"
+        a, t, p = a[~nan], t[~nan], p[~nan]
+        if t.numel() == 0:
+            continue
+        err = (a - t).abs().max().item()
+        torch_err = (p - t).abs().max().item()
         bound = 2 * torch_err + ATOL[dtype] * max(1.0, t.abs().max().item())
         assert err <= bound, f"{name}: error {err:.3g} > {bound:.3g} (PyTorch's {torch_err:.3g})"
 
@@ -92,6 +100,68 @@ def test_matches_reference(backend_name, index, dtype, layout):
     truth = _torch_in(q, k, v, grad, torch.float64)
     lowp = _torch_in(q, k, v, grad, dtype)
     _check_errors(("out", "lse", "dq", "dk", "dv"), (out, lse, dq, dk, dv), truth, lowp, dtype)
+
+
+def _extreme_shape(name):
+    """(B, H, Nq, Nk, D): several heads, query blocks and key tiles (cpu: 64 x 256 tiles; the
+    interpreted Triton kernel: 32-key blocks at D = 32)."""
+    return (1, 3, 20, 80, 32) if _interpreted(name) else (2, 3, 130, 600, 64)
+
+
+def _extreme(case, shape, generator):
+    """(q, k, v, scale) of a case that an online softmax with state leaking between (head,
+    query block) tasks, or an unguarded -inf max, gets wrong (issue 13)."""
+    b, h, nq, nk, d = shape
+    q, k, v = (torch.randn(b, h, n, d, generator=generator, dtype=torch.float64)
+               for n in (nq, nk, nk))
+    scale = 1 / math.sqrt(d)
+    if case == "issue repro":          # head 0's max is 128 above head 1's scores
+        q, k, v = q.zero_(), k.zero_(), v.fill_(1)
+        q[:, 0], k[:, 0], k[:, 1, 1] = 4, 4, 1
+    elif case == "heads of very different magnitudes":
+        f = torch.tensor([10.0, 0.01, 3.0][:h], dtype=torch.float64).reshape(1, h, 1, 1)
+        q, k = q * f, k * f
+    elif case == "all-negative scores":
+        q, k, scale = q.abs() + 1, -(k.abs() + 1), 10.0
+    elif case == "large scale":
+        scale = 30.0
+    elif case == "keys of -inf":         # more than a whole first tile of keys masked out
+        q = q.abs() + 0.1
+        k[:, :, : nk // 2] = -math.inf
+        k[:, :, -1] = -math.inf
+    return q, k, v, scale
+
+
+EXTREMES = ("issue repro", "heads of very different magnitudes", "all-negative scores",
+            "large scale", "keys of -inf")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("case", EXTREMES)
+def test_extreme_scores_match_float64_sdpa(backend_name, case, threads):
+    """Forward and backward against SDPA in float64 where a row's scores are far from another
+    head's, all negative, huge, or -inf for keys spanning whole tiles; at 1 and 2 threads."""
+    shape = _extreme_shape(backend_name)
+    device = backend_device(backend_name)
+    q, k, v, scale = _extreme(case, shape, torch.Generator().manual_seed(3))
+    grad = torch.randn(q.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = torch.nn.functional.scaled_dot_product_attention(*leaves, scale=scale)
+    truth = [out, torch.logsumexp(q @ k.transpose(-1, -2) * scale, -1),
+             *torch.autograd.grad(out, leaves, grad)]
+    lowp = _torch_in(q, k, v, grad, torch.float32, scale)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        qf, kf, vf = (t.float().to(device).requires_grad_() for t in (q, k, v))
+        out = attention(qf, kf, vf, scale=scale)
+        grads = torch.autograd.grad(out, (qf, kf, vf), grad.float().to(device))
+        lse = implementation("attention", device)(qf, kf, vf, scale)[1]
+    finally:
+        torch.set_num_threads(old)
+    assert not out.isnan().any(), f"{out.isnan().sum()} NaN outputs"
+    _check_errors(("out", "lse", "dq", "dk", "dv"), (out, lse, *grads), truth, lowp,
+                  torch.float32)
 
 
 def test_reference_backward_is_autograd_of_reference():

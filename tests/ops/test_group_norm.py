@@ -244,6 +244,45 @@ def test_deterministic_over_thread_counts(backend_name, layout):
     assert all(torch.equal(a, b) for a, b in zip(g1, g2))
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("layout", ("contiguous", "channels_last"))
+@pytest.mark.parametrize("shape, groups", [((16, 32, 4, 4), 8), ((2, 8, 48, 48), 2),
+                                           ((3, 8, 5, 6), 4)])
+def test_groups_of_very_different_magnitudes(backend_name, shape, groups, layout, threads):
+    """Each (sample, group) at its own scale, 1e-3 to 1e3, and mean: no statistic or buffer of
+    one group may leak into the next one a task or program handles (issue 13's attention bug,
+    looked for here too). Forward and input gradient against the float64 reference, relative
+    to each group's own size; at 1 and 2 threads (both of the CPU kernel's task plans)."""
+    _skip_slow(backend_name, shape)
+    device = backend_device(backend_name)
+    batch, channels = shape[:2]
+    g = torch.Generator().manual_seed(5)
+    per_group = 10.0 ** (torch.rand(batch, groups, generator=g, dtype=torch.float64) * 6 - 3)
+    size = per_group.repeat_interleave(channels // groups, 1).reshape(batch, channels, 1, 1)
+    x64 = (torch.randn(shape, generator=g, dtype=torch.float64) + 3 * torch.randn(
+        batch, channels, 1, 1, generator=g, dtype=torch.float64)) * size
+    grad_y = torch.randn(shape, generator=g, dtype=torch.float64)
+    kw = _params("adagn_silu", shape, torch.float64, "cpu")
+    leaf = x64.clone().requires_grad_()
+    with backend("reference"):
+        y_ref = group_norm(leaf, groups, **kw)
+    (dx_ref,) = torch.autograd.grad(y_ref, leaf, grad_y)
+    x = _data(shape, torch.float32, device, layout, scale=0.0)
+    x.copy_(x64)
+    x.requires_grad_()
+    kw32 = {k: v if isinstance(v, str) else v.float().to(device) for k, v in kw.items()}
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        y = group_norm(x, groups, **kw32)
+        (dx,) = torch.autograd.grad(y, x, grad_y.float().to(device))
+    finally:
+        torch.set_num_threads(old)
+    torch.testing.assert_close(y.double().cpu(), y_ref.detach(), atol=2e-4, rtol=2e-4)
+    # dx scales as 1 / size: compare it in each group's own units
+    torch.testing.assert_close((dx.double().cpu() * size), dx_ref * size, atol=2e-4, rtol=2e-3)
+
+
 @pytest.mark.filterwarnings("ignore:var\\(\\). degrees of freedom")
 def test_empty_batch(backend_name):
     device = backend_device(backend_name)
