@@ -12,6 +12,7 @@ import os
 import torch
 
 from . import reference
+from ._autograd_steps import register_step_autograd
 
 BACKENDS = ("cpu", "cuda", "triton", "reference")
 # Innermost ``with backend(...)`` last. Process-wide like torch.backends flags: a plain list,
@@ -27,9 +28,11 @@ class BackendUnavailable(RuntimeError):
 def _compiled_module():
     """(pydiffuse._C or None, why not)."""
     try:
-        return importlib.import_module("pydiffuse._C"), ""
+        module = importlib.import_module("pydiffuse._C")
     except ImportError as err:
         return None, f"pydiffuse._C is not built or failed to load ({err})"
+    register_step_autograd("pydiffuse")
+    return module, ""
 
 
 def _triton_interpreted() -> bool:
@@ -44,9 +47,11 @@ def _triton_module():
     except ImportError as err:
         return None, f"triton is not installed ({err})"
     try:
-        return importlib.import_module("pydiffuse.triton_kernels"), ""
+        module = importlib.import_module("pydiffuse.triton_kernels")
     except Exception as err:  # a broken triton install fails in many ways
         return None, f"pydiffuse.triton_kernels failed to load ({type(err).__name__}: {err})"
+    register_step_autograd("pydiffuse_triton")
+    return module, ""
 
 
 @torch.compiler.assume_constant_result

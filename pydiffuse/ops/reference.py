@@ -109,8 +109,10 @@ def sample_step(x, out, out_uncond, coefs, noise_tensor, seeds, step, has_clip, 
     o = out_uncond + g (out - out_uncond);  x0 = cx x + co o;  x0 = clamp(x0, -clip, clip);
     eps = ex x + e0 x0;  next = m0 x0 + me eps + mx x + s z,
     with, for learned_var, s = coefs.s * exp(0.5 (f log_hi + (1 - f) log_lo)), f = (v + 1)/2.
-    Returns (next, x0) in x's dtype; x0 is an empty tensor unless ``return_x0``.
+    Returns (next, x0) in x's dtype; x0 is an empty tensor unless ``return_x0``. Arithmetic in
+    ``upcast`` (float64 for float64 x).
     """
+    upcast = torch.promote_types(x.dtype, upcast)
     c = {name: _per_sample(coefs[i].to(upcast), x.ndim) for name, i in COEF_INDEX.items()}
     xf = x.to(upcast)
     o, u, v = out, out_uncond, None
@@ -137,8 +139,10 @@ def sample_step(x, out, out_uncond, coefs, noise_tensor, seeds, step, has_clip, 
 
 
 def lincomb(tensors, coefs, upcast=torch.float32):
-    """sum_i coefs[i] * tensors[i], coefs [n, B] per sample; result in tensors[0]'s dtype."""
+    """sum_i coefs[i] * tensors[i], coefs [n, B] per sample; result in tensors[0]'s dtype,
+    arithmetic in ``upcast`` (float64 for float64 tensors)."""
     first = tensors[0]
+    upcast = torch.promote_types(first.dtype, upcast)
     acc = torch.zeros(first.shape, dtype=upcast, device=first.device)
     for i, t in enumerate(tensors):
         acc = acc + _per_sample(coefs[i].to(upcast), first.ndim) * t.to(upcast)
@@ -151,8 +155,10 @@ def langevin_step(x, score, coefs, adaptive, per_sample_norm, noise_tensor, seed
 
     e = step_size, or when ``adaptive`` (score-SDE corrector, Song et al. 2021, Alg. 4-5)
     e = 2 * step_size * (snr * |z| / |score|)^2 with |.| the L2 norm over each sample,
-    averaged over the batch unless ``per_sample_norm``. Returns (next, mean or empty).
+    averaged over the batch unless ``per_sample_norm``. Returns (next, mean or empty); arithmetic
+    in ``upcast`` (float64 for float64 x).
     """
+    upcast = torch.promote_types(x.dtype, upcast)
     step_size = coefs[LANGEVIN_STEP_SIZE].to(upcast)
     xf, sf = x.to(upcast), score.to(upcast)
     z = _resolve_noise(x, noise_tensor, seeds, step, upcast)
