@@ -33,10 +33,36 @@ def check_same(t, x: torch.Tensor, name: str, shape=None) -> torch.Tensor:
     return t
 
 
+# The noise stream's counter words (j, b, step, 0) are 32 bits each.
+STREAM_WORD = 2**32
+
+
 def check_step_index(step) -> int:
+    """The sampler step of a noise draw: an int in [0, 2^32), the width of its counter word
+    (a larger one would wrap silently onto the noise of step mod 2^32)."""
     if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
         raise TypeError(f"step must be a non-negative int (the sampler step), got {step!r}")
+    if step >= STREAM_WORD:
+        raise ValueError(f"step must be < 2^32 (the noise stream's step counter is 32 bits), "
+                         f"got {step}")
     return int(step)
+
+
+def check_number(value, name: str, *, minimum=None, positive: bool = False):
+    """A Python number that is finite (and >= ``minimum``, or > 0 with ``positive``), else a
+    ValueError naming it: a NaN or infinite setting would give NaN samples silently. Tensors
+    pass unchecked (reading their values would synchronize with the device)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if positive and not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
 
 
 def check_dtype_backend(x: torch.Tensor, backend_name: str) -> None:
@@ -51,7 +77,10 @@ def is_nonzero(value) -> bool:
 
 
 def check_stream_size(shape) -> None:
-    """The noise stream indexes a sample's elements with 32 bits."""
-    if math.prod(shape[1:]) >= 2**32:
+    """The noise stream indexes a sample's elements and the samples with 32 bits each."""
+    if math.prod(shape[1:]) >= STREAM_WORD:
         raise ValueError("a sample of 2^32 or more elements is beyond the noise stream's counter; "
+                         "pass noise= instead of seed=")
+    if shape[0] >= STREAM_WORD:
+        raise ValueError("a batch of 2^32 or more samples is beyond the noise stream's counter; "
                          "pass noise= instead of seed=")

@@ -6,6 +6,7 @@ for the batch) or [B] (one per sample). Keep in sync with ``csrc/common/step.h``
 """
 
 import dataclasses
+import math
 import numbers
 
 import torch
@@ -44,6 +45,8 @@ def coef_row(name: str, value, batch: int, device: torch.device) -> torch.Tensor
         raise TypeError(f"coefficient {name!r} must be a float or a tensor of shape [B], "
                         f"got {type(value).__name__}")
     if isinstance(value, numbers.Real):
+        if not math.isfinite(value):
+            raise ValueError(f"coefficient {name!r} must be finite, got {value}")
         return torch.full((batch,), float(value), dtype=torch.float32, device=device)
     if value.is_complex() or not (value.is_floating_point() or value.dtype in _INT_DTYPES):
         raise TypeError(f"coefficient {name!r} must be a real tensor, got {value.dtype}")
@@ -66,6 +69,9 @@ def pack_rows(named_values, batch: int, device: torch.device) -> torch.Tensor:
     fill per row. On CUDA the copy is from pinned memory; under CUDA-graph capture, which takes
     no host copies, the rows are filled on the device."""
     values = [v for _, v in named_values]
+    for name, v in named_values:
+        if type(v) is float and not math.isfinite(v):
+            raise ValueError(f"coefficient {name!r} must be finite, got {v}")
     if all(type(v) is float or type(v) is int for v in values) and (
             device.type == "cpu" or (device.type == "cuda"
                                      and not torch.cuda.is_current_stream_capturing())):
@@ -76,13 +82,20 @@ def pack_rows(named_values, batch: int, device: torch.device) -> torch.Tensor:
     return torch.stack([coef_row(n, v, batch, device) for n, v in named_values]).contiguous()
 
 
+def _int64_seed(seed) -> int:
+    """A seed is an int64 (the Philox key's 64 bits); a larger one is refused, not wrapped."""
+    if not -2**63 <= int(seed) < 2**63:
+        raise ValueError(f"seed must fit in 64 signed bits (-2^63 <= seed < 2^63), got {seed}")
+    return int(seed)
+
+
 def pack_seeds(seed, batch: int, device: torch.device) -> torch.Tensor:
     """An int seed (or a 0-d integer tensor) -> int64 [1]; a sequence or tensor of B seeds ->
     int64 [B]."""
     if isinstance(seed, bool):
         raise TypeError("seed must be an int or one int per sample, got bool")
     if isinstance(seed, numbers.Integral):
-        return torch.tensor([int(seed)], dtype=torch.int64, device=device)
+        return torch.tensor([_int64_seed(seed)], dtype=torch.int64, device=device)
     if isinstance(seed, torch.Tensor):
         if seed.is_floating_point() or seed.is_complex() or seed.dtype == torch.bool:
             raise TypeError(f"seed tensor must have an integer dtype, got {seed.dtype}")
@@ -91,7 +104,7 @@ def pack_seeds(seed, batch: int, device: torch.device) -> torch.Tensor:
             return seeds
     elif isinstance(seed, (list, tuple)) and all(
             isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in seed):
-        seeds = torch.tensor([int(s) for s in seed], dtype=torch.int64, device=device)
+        seeds = torch.tensor([_int64_seed(s) for s in seed], dtype=torch.int64, device=device)
     else:
         raise TypeError(f"seed must be an int or one int per sample, got {type(seed).__name__}")
     if seeds.numel() != batch:

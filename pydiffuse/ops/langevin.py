@@ -2,8 +2,8 @@
 corrector, fused."""
 
 from . import _dispatch
-from ._checks import (check_data, check_dtype_backend, check_same, check_step_index,
-                      check_stream_size)
+from ._checks import (check_data, check_dtype_backend, check_number, check_same,
+                      check_step_index, check_stream_size)
 from ._packing import pack_rows, pack_seeds
 
 NORMS = ("batch", "sample")
@@ -38,6 +38,9 @@ def langevin_step(x, score, step_size, *, snr=None, norm="batch", noise=None, se
     if noise is not None:
         check_same(noise, x, "noise")
     step = check_step_index(step)
+    check_number(step_size, "step_size", minimum=0)
+    if snr is not None:
+        check_number(snr, "snr", positive=True)
     batch, device = x.shape[0], x.device
     table = pack_rows([("step_size", step_size), ("snr", 0.0 if snr is None else snr)],
                       batch, device)

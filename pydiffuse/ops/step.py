@@ -5,8 +5,8 @@ from collections.abc import Sequence
 import torch
 
 from . import _dispatch
-from ._checks import (check_data, check_dtype_backend, check_same, check_step_index,
-                      check_stream_size, is_nonzero)
+from ._checks import (check_data, check_dtype_backend, check_number, check_same,
+                      check_step_index, check_stream_size, is_nonzero)
 from ._packing import STEP_COEF_NAMES, StepCoefs, pack_rows, pack_seeds
 
 
@@ -50,6 +50,9 @@ def sample_step(x, out, coefs, *, out_uncond=None, guidance=None, clip=None, lea
         raise ValueError("out_uncond and guidance go together: give both or neither")
     if out_uncond is not None:
         check_same(out_uncond, x, "out_uncond", out_shape)
+        check_number(guidance, "guidance")
+    if clip is not None:
+        check_number(clip, "clip", positive=True)
     if noise is not None and seed is not None:
         raise ValueError("give noise or seed, not both")
     if noise is not None:

@@ -6,6 +6,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..ops import lincomb
+from ..ops._checks import check_number
 from ..ops._packing import pack_seeds
 from .cuda_graph import keep_for_capture
 
@@ -36,6 +37,16 @@ class Denoiser:
                              "uncond_kwargs= (the model's null-condition keywords)")
         if classifier is not None and labels is None:
             raise ValueError("classifier guidance needs labels= (the class index of each sample)")
+        if guidance is not None:
+            check_number(guidance, "guidance (1 + w)", minimum=0)
+        check_number(classifier_scale, "classifier_scale")
+        if labels is not None:
+            labels = torch.as_tensor(labels)
+            if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+                raise TypeError(f"labels must be integer class indices, got {labels.dtype}")
+            if labels.ndim > 1:
+                raise ValueError(f"labels must be one class index or one per sample, got shape "
+                                 f"{list(labels.shape)}")
         self.model, self.model_kwargs = model, dict(model_kwargs or {})
         self.guidance, self.uncond_kwargs = guidance, uncond_kwargs
         self.classifier, self.classifier_scale, self.labels = classifier, classifier_scale, labels
@@ -80,6 +91,18 @@ class Denoiser:
         """sample_step's keywords that fuse the guidance combine: {} or {out_uncond, guidance}."""
         return {} if uncond is None else {"out_uncond": uncond, "guidance": self.guidance}
 
+    def _labels(self, batch: int, classes: int, device) -> torch.Tensor:
+        """The classifier's labels as [B] indices, checked against the batch and the classes."""
+        labels = self.labels.reshape(-1)
+        if labels.numel() not in (1, batch):
+            raise ValueError(f"labels has {labels.numel()} entries for a batch of {batch}: give "
+                             "one class index or one per sample")
+        if labels.device.type == "cpu" and not (                # device labels: no host sync
+                0 <= int(labels.min()) and int(labels.max()) < classes):
+            raise ValueError(f"labels must lie in [0, {classes}) (the classifier's classes), got "
+                             f"{labels.min().item()} .. {labels.max().item()}")
+        return labels.to(device).expand(batch)
+
     def classifier_grad(self, x, t):
         """classifier_scale * grad_x log softmax(classifier(x, t))[labels], or None."""
         if self.classifier is None:
@@ -87,7 +110,7 @@ class Denoiser:
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
             log_p = torch.log_softmax(self.classifier(x_in, t).float(), dim=-1)
-            labels = torch.as_tensor(self.labels, device=x.device).reshape(-1).expand(len(x))
+            labels = self._labels(len(x), log_p.shape[-1], x.device)
             chosen = log_p.gather(1, labels[:, None].long()).sum()
             grad, = torch.autograd.grad(chosen, x_in)
         return grad * self.classifier_scale

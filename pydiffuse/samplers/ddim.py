@@ -3,6 +3,7 @@
 import torch
 
 from ..ops import StepCoefs, sample_step
+from ..ops._checks import check_number
 from ..predictions import check_prediction, eps_coefs, x0_coefs
 from ..schedules import as_process
 from ._common import (NoiseStream, StepTable, as_denoiser, batch_time, check_process_kind,
@@ -60,8 +61,7 @@ def sample_ddim(model, x, process, *, steps: int = 50, eta: float = 0.0, predict
     process = as_process(process)
     check_process_kind(process, ("discrete",), "ddim")
     check_prediction(prediction)
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
+    check_number(eta, "eta", minimum=0)
     sched = ddim_schedule(process, steps, spacing, steps_offset, set_alpha_to_one)
     den = as_denoiser(model)
     noise = NoiseStream(seed, len(x), x.device) if eta > 0 else None

@@ -113,6 +113,11 @@ def _zeros(x, t):
     return torch.zeros_like(x)
 
 
+def _logits(x, t):
+    """A two-class classifier for the label checks."""
+    return torch.stack([x[:, 0], -x[:, 0]], 1)
+
+
 @pytest.mark.parametrize("kwargs,err,match", [
     (dict(sampler="ddpn"), ValueError, "unknown sampler"),
     (dict(prediction="epsilon"), ValueError, "prediction must be one of"),
@@ -131,6 +136,21 @@ def _zeros(x, t):
     (dict(sampler="ddpm", steps=0), ValueError, "steps"),
     (dict(sampler="ddpm", steps=1001), ValueError, "steps"),
     (dict(eta=-1.0), ValueError, "eta"),
+    (dict(eta=float("nan")), ValueError, "eta must be finite"),
+    (dict(eta=float("inf")), ValueError, "eta must be finite"),
+    (dict(clip=float("nan")), ValueError, "clip must be finite"),
+    (dict(clip=0.0), ValueError, "clip must be > 0"),
+    (dict(sampler="ddpm", clip=-1.0), ValueError, "clip must be > 0"),
+    (dict(guidance=float("nan"), uncond_kwargs={}), ValueError, "guidance .* finite"),
+    (dict(guidance=-2.0, uncond_kwargs={}), ValueError, "guidance .* >= 0"),
+    (dict(classifier=_logits, labels=[0] * 4, classifier_scale=float("inf")), ValueError,
+     "classifier_scale must be finite"),
+    (dict(classifier=_logits, labels=[0.0] * 4), TypeError, "labels must be integer"),
+    (dict(classifier=_logits, labels=torch.zeros(3, dtype=torch.long)), ValueError,
+     "labels has 3 entries for a batch of 4"),
+    (dict(classifier=_logits, labels=[0, 1, 2, 1]), ValueError, r"labels must lie in \[0, 2\)"),
+    (dict(classifier=_logits, labels=[0, -1, 0, 1]), ValueError, r"labels must lie in \[0, 2\)"),
+    (dict(seed=2**63), ValueError, "seed must fit in 64 signed bits"),
     (dict(model=lambda x, t: x[:, :1]), ValueError, "returned shape"),
     (dict(model=lambda x, t: "eps"), TypeError, "returned str"),
     (dict(model=object()), TypeError, "callable"),
