@@ -104,13 +104,19 @@ def build_data(config: dict):
     return TensorDataset(dataset.tensors[0])
 
 
-def train_from_config(config: dict, run_dir, *, steps=None, resume=False, progress=None,
-                      **overrides):
+def train_from_config(config: dict, run_dir, *, steps=None, resume=False, overwrite=False,
+                      progress=None, **overrides):
     """Build everything a config names and train; returns the finished ``Trainer``.
+
+    The model (and the objective) are built inside ``training.seeded_init(train.seed)``, so a
+    fresh run's initial weights, and with them the whole run, are reproducible (the caller's
+    global RNG state is left as it was).
 
     Args:
         config: ``load_config``'s dict; run_dir: logs and checkpoints.
         steps: training steps (default ``train.steps``).
+        resume, overwrite: as the Trainer's: continue the run in run_dir, or replace it (a
+            fresh run into a run_dir holding a run is refused otherwise).
         overrides: Trainer keywords replacing ``train``'s.
     """
     settings = {**config.get("train", {}), **overrides}
@@ -119,8 +125,11 @@ def train_from_config(config: dict, run_dir, *, steps=None, resume=False, progre
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"the number of training steps must be an int >= 1, got {steps!r}")
     process = build_process(config)
-    trainer = training.Trainer(build_model(config)[0], build_objective(config, process),
-                               build_data(config), run_dir=run_dir, config=config,
-                               resume=resume, progress=progress, **settings)
+    with training.seeded_init(settings.get("seed", training.DEFAULT_SEED)):
+        model = build_model(config)[0]
+        objective = build_objective(config, process)
+    trainer = training.Trainer(model, objective, build_data(config), run_dir=run_dir,
+                               config=config, resume=resume, overwrite=overwrite,
+                               progress=progress, **settings)
     trainer.train(steps)
     return trainer

@@ -1,14 +1,25 @@
 """Run configurations, ``pydiffuse.load`` and the ``train`` / ``sample`` commands end to end on
 tiny runs."""
 
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 import yaml
 from PIL import Image
+from safetensors.torch import load_file
 
-from pydiffuse import cli, config, pipeline
+from pydiffuse import cli, config, pipeline, training
 from pydiffuse.training import CheckpointError
+from pydiffuse.training.checkpoint import checkpoints, latest_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TOY = {"name": "toy", "model": {"preset": "mlp", "hidden": 32, "depth": 2},
        "process": {"type": "linear", "num_timesteps": 50}, "prediction": "eps",
@@ -90,3 +101,102 @@ def test_load_refuses_a_damaged_checkpoint(tmp_path):
         pipeline.load(ckpt)
     with pytest.raises(FileNotFoundError):
         pipeline.load(tmp_path / "nowhere")
+
+
+# -- reproducible fresh runs, exact resume, and a run directory that already holds a run -------
+
+def run_result(run_dir) -> tuple:
+    """(newest checkpoint's name, its weights {file: state dict}, the logged records without
+    their timing)."""
+    ckpt = latest_checkpoint(run_dir)
+    tensors = {f.name: load_file(f) for f in sorted(ckpt.glob("*.safetensors"))}
+    logged = [{k: v for k, v in json.loads(ln).items() if k != "steps_per_s"}
+              for ln in (run_dir / "log.jsonl").read_text().splitlines()]
+    return ckpt.name, tensors, logged
+
+
+def assert_same_run(a, b):
+    assert a[0] == b[0] and a[2] == b[2]                # checkpoint step, losses step by step
+    assert a[1].keys() == b[1].keys()
+    for name, tensors in a[1].items():
+        assert tensors.keys() == b[1][name].keys()
+        for k, v in tensors.items():
+            assert torch.equal(v, b[1][name][k]), (name, k)
+
+
+def test_fresh_runs_through_the_cli_are_bit_identical(tmp_path):
+    cfg_path = str(write(tmp_path, TOY))
+    results = []
+    for name, global_seed in (("a", 1), ("b", 2)):  # whatever the caller's RNG state
+        torch.manual_seed(global_seed)
+        assert cli.main(["train", cfg_path, "--run-dir", str(tmp_path / name)]) == 0
+        results.append(run_result(tmp_path / name))
+    assert results[0][0] == "step_0000005" and len(results[0][2]) == 5
+    assert_same_run(*results)
+    # stopped at step 3 of 5 (as a kill after the checkpoint at 3 would) and resumed
+    assert cli.main(["train", cfg_path, "--run-dir", str(tmp_path / "c"), "--steps", "3"]) == 0
+    assert cli.main(["train", cfg_path, "--run-dir", str(tmp_path / "c"), "--resume"]) == 0
+    assert_same_run(run_result(tmp_path / "c"), results[0])
+
+
+def test_seeded_model_init_keeps_the_callers_rng(tmp_path):
+    torch.manual_seed(3)
+    before = torch.get_rng_state()
+    with training.seeded_init(0):
+        first = config.build_model(TOY)[0]
+    assert torch.equal(torch.get_rng_state(), before)
+    with training.seeded_init(0):
+        again = config.build_model(TOY)[0]
+    for (k, v), w in zip(first.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(v, w), k
+
+
+def test_a_killed_run_resumes_bit_identical(tmp_path):
+    """A `pydiffuse train` process killed with SIGKILL soon after its first checkpoint (possibly
+    mid-save or mid-log-line), then resumed: the same weights and log as an uninterrupted run."""
+    cfg = {**TOY, "train": {**TOY["train"], "steps": 60, "save_every": 1, "keep": 2}}
+    cfg_path = str(write(tmp_path, cfg))
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "pydiffuse.cli", "train", cfg_path,
+                             "--run-dir", str(run)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while latest_checkpoint(run) is None and proc.poll() is None:
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, err.decode()
+    killed_at = latest_checkpoint(run).name
+    assert killed_at < "step_0000060", killed_at
+    assert cli.main(["train", cfg_path, "--run-dir", str(run), "--resume"]) == 0
+    assert cli.main(["train", cfg_path, "--run-dir", str(tmp_path / "straight")]) == 0
+    assert_same_run(run_result(run), run_result(tmp_path / "straight"))
+
+
+def test_cli_refuses_a_used_run_dir_and_overwrites_it(tmp_path, capsys):
+    cfg_path = str(write(tmp_path, TOY))
+    other = str(write(tmp_path, {**TOY, "train": {**TOY["train"], "steps": 8, "lr": 3e-3}},
+                      name="other.yaml"))
+    run = tmp_path / "run"
+    assert cli.main(["train", other, "--run-dir", str(run)]) == 0
+    old = run_result(run)
+    capsys.readouterr()
+    assert cli.main(["train", cfg_path, "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err and "--overwrite" in err and err.count("\n") == 1, err
+    assert_same_run(run_result(run), old)                      # untouched
+    with pytest.raises(SystemExit):                             # argparse: not both
+        cli.main(["train", cfg_path, "--run-dir", str(run), "--resume", "--overwrite"])
+    assert cli.main(["train", cfg_path, "--run-dir", str(run), "--overwrite"]) == 0
+    assert [p.name for p in checkpoints(run)] == ["step_0000005"]
+    assert sorted(p.name for p in run.iterdir()) == ["log.jsonl", "step_0000005"]
+    assert cli.main(["train", cfg_path, "--run-dir", str(tmp_path / "fresh")]) == 0
+    assert_same_run(run_result(run), run_result(tmp_path / "fresh"))
+    # and `load` serves the new model
+    pipe = pipeline.load(run)
+    new = load_file(tmp_path / "fresh" / "step_0000005" / "ema_0.9.safetensors")
+    for k, v in pipe.model.state_dict().items():
+        assert torch.equal(v, new[k]), k

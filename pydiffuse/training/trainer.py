@@ -6,12 +6,21 @@ Exact resume rests on three choices: each step's batch is a pure function of (se
 generator state needs saving and a crash at any point of a step loses nothing; and the learning
 rate is a function of the step (no scheduler state). Everything else that changes (weights,
 EMA, optimizer, loss scaler, the objective's state, the logging window) is checkpointed.
+
+A fresh run is reproducible too when its model is built inside ``seeded_init(seed)`` (as
+``pydiffuse.config.train_from_config`` does): the initial weights then come from their own
+stream, ``mix_seed(seed, INIT_STREAM)``, apart from the per-step and data streams.
+
+The seed streams (``mix_seed`` of): (seed, STEP_STREAM, step, rank) a step's global RNGs;
+(seed, DATA_STREAM, epoch) the data order; (seed, INIT_STREAM) the model's initialisation.
 """
 
+import contextlib
 import copy
 import json
 import logging
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -24,9 +33,11 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .checkpoint import (
+    checkpoints,
     latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
+    remove_checkpoint,
     save_checkpoint,
 )
 from .ema import EMA
@@ -36,6 +47,8 @@ logger = logging.getLogger("pydiffuse.training")
 _MASK64 = (1 << 64) - 1
 AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+DEFAULT_SEED = 0
+STEP_STREAM, DATA_STREAM, INIT_STREAM = 0, 1, 2     # the tags of mix_seed's streams
 
 
 def mix_seed(*values: int) -> int:
@@ -57,6 +70,28 @@ def seed_all(seed: int):
     random.seed(seed)
 
 
+@contextlib.contextmanager
+def seeded_init(seed: int = DEFAULT_SEED):
+    """Build (and so initialise) a model inside this block to make its initial weights a pure
+    function of ``seed``: torch's CPU generator (and the current CUDA device's, if CUDA is
+    already initialised) is seeded from ``mix_seed(seed, INIT_STREAM)``, a stream apart from the
+    Trainer's per-step and data streams, and the caller's generator states are restored on exit
+    (``torch.random.fork_rng``), so the block changes no global RNG state as a side effect.
+
+        with seeded_init(seed):
+            model = create_model("digits")
+        Trainer(model, objective, data, seed=seed, ...)
+    """
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    devices = [torch.cuda.current_device()] if cuda else []
+    with torch.random.fork_rng(devices=devices):
+        value = mix_seed(seed, INIT_STREAM)
+        torch.default_generator.manual_seed(value)
+        if cuda:
+            torch.cuda.manual_seed(value)
+        yield
+
+
 class StepBatches(Sampler):
     """The example indices of each step, a pure function of (seed, step): the data are read in
     epochs, each a permutation drawn from (seed, epoch); step s takes items [sB, (s+1)B) of that
@@ -76,7 +111,7 @@ class StepBatches(Sampler):
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         if epoch != self._epoch:
-            gen = torch.Generator().manual_seed(mix_seed(self.seed, 1, epoch))
+            gen = torch.Generator().manual_seed(mix_seed(self.seed, DATA_STREAM, epoch))
             self._epoch, self._perm = epoch, torch.randperm(self.n, generator=gen)
         return self._perm
 
@@ -116,6 +151,17 @@ def _logged_step(line: str) -> float:
         return math.inf
 
 
+def _previous_run(run_dir: Path) -> str:
+    """What of a training run ``run_dir`` holds ("" if none): complete checkpoints, a log."""
+    found = checkpoints(run_dir)
+    parts = [f"{len(found)} checkpoint{'s' * (len(found) > 1)}, the newest {found[-1].name}"
+             ] if found else []
+    log = run_dir / "log.jsonl"
+    if log.is_file() and log.stat().st_size > 0:
+        parts.append("a log.jsonl")
+    return " and ".join(parts)
+
+
 def _param_groups(objective, model) -> list:
     """The optimizer's parameter groups: the objective's ``param_groups(model)`` (named groups,
     each with its own settings, e.g. LSGM's VAE and prior) or one group of every parameter."""
@@ -151,7 +197,34 @@ class Trainer:
     logged. Every ``log_every`` steps a line goes to ``<run_dir>/log.jsonl`` (the mean loss, the
     mean loss per quartile of the objective's t, lr, gradient norm); every ``save_every`` steps
     and at the end a checkpoint ``<run_dir>/step_<N>`` (``checkpoint.py``); an exception or
-    KeyboardInterrupt during training writes one for the last completed step before re-raising.
+    KeyboardInterrupt during training writes one for the last completed step before re-raising
+    (except in an ``overwrite`` run before its first checkpoint: see below).
+
+    What is guaranteed:
+
+    - **Reproducible runs**, given the model's initial weights: the data order and every step's
+      RNGs are functions of (seed, step, rank), so two runs from the same initial weights, data
+      and settings give the same losses and weights, bit for bit on the same hardware and
+      software. The Trainer takes the model already built, so seeding its initialisation is the
+      caller's part: build it inside ``seeded_init(seed)`` (``train_from_config`` and
+      ``pydiffuse train`` do); a model built from whatever state torch's global generator is in
+      makes fresh runs differ from the first step.
+    - **Exact resume**: a run stopped, interrupted or killed at any point and resumed from its
+      newest checkpoint (or an older one) continues as the uninterrupted run would, to the bit
+      (weights, EMA, losses, log.jsonl).
+    - **No run is lost or mixed with another**: a fresh run (``resume=False``) into a
+      ``run_dir`` that holds a run (a ``step_<N>`` checkpoint or a non-empty ``log.jsonl``)
+      raises ValueError before anything is trained or written. ``overwrite=True`` replaces that
+      run, but only once this run's first checkpoint is written (atomically): until then the old
+      checkpoints and log.jsonl are left untouched, this run's log lines are held in memory, and
+      an exception or kill leaves the old run intact (no emergency checkpoint is written then,
+      since it would replace the old run with a few steps of the new one; a kill mid-save can
+      leave a temporary ``.step_*`` directory, swept by the next save). At the first checkpoint,
+      the old checkpoints are deleted, then the held log replaces log.jsonl, then temporary
+      ``.step_*`` directories are swept; pruning never deletes the checkpoint just written.
+      Under torchrun only rank 0 touches files.
+    - **Verified checkpoints**: each checkpoint carries a manifest of its files' SHA-256 sums,
+      checked on every load (``checkpoint.py``).
 
     Args:
         model: the network (moved to ``device``).
@@ -167,12 +240,17 @@ class Trainer:
         grad_clip: max global gradient norm (None: off).
         ema_rates: EMA decay rates (one EMA copy each; () for none).
         amp: None, "bf16" or "fp16" autocast (fp16 with a dynamic loss scaler).
-        seed: seeds the data order and the per-step RNG streams.
+        seed: seeds the data order and the per-step RNG streams (not the model's
+            initialisation: build the model inside ``seeded_init(seed)``).
         log_every, save_every: intervals in steps (save_every None: only at the end).
         keep: how many checkpoints to keep (older ones are deleted).
         config: JSON-serializable settings written to each checkpoint's config.json (the model
             preset and kwargs, process and prediction for ``pydiffuse.load``).
-        resume: False; True (the newest checkpoint in run_dir, if any); or a checkpoint path.
+        resume: False (a fresh run: refused if run_dir holds a run, unless ``overwrite``); True
+            (the newest checkpoint in run_dir; with none, a fresh start that also drops any
+            stale log.jsonl lines); or a checkpoint path.
+        overwrite: with resume False, replace a run already in run_dir once this run's first
+            checkpoint is written (see above).
         device: default the model's device, or this rank's GPU under torchrun.
         num_workers: DataLoader workers (0: load in this process).
         progress: show a tqdm bar (None: when on a terminal; never on ranks other than 0).
@@ -183,9 +261,10 @@ class Trainer:
                  weight_decay: float = 0.0, optimizer: str = "adam", warmup: int = 0,
                  lr_decay=None, grad_clip: float | None = 1.0, ema_rates=(0.9999,),
                  amp: str | None = None,
-                 seed: int = 0, log_every: int = 100, save_every: int | None = None,
-                 keep: int = 2, config: dict | None = None, resume=False, device=None,
-                 num_workers: int = 0, progress: bool | None = None):
+                 seed: int = DEFAULT_SEED, log_every: int = 100, save_every: int | None = None,
+                 keep: int = 2, config: dict | None = None, resume=False,
+                 overwrite: bool = False, device=None, num_workers: int = 0,
+                 progress: bool | None = None):
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {optimizer!r}")
         if amp not in AMP_DTYPES:
@@ -204,6 +283,20 @@ class Trainer:
                 raise ValueError(f"lr_decay must be [start, stop] steps with 0 <= start < stop, "
                                  f"got {lr_decay!r}")
             lr_decay = tuple(lr_decay)
+        if resume and overwrite:
+            raise ValueError("resume and overwrite exclude each other (--resume continues the "
+                             "run in run_dir, --overwrite replaces it)")
+        self.run_dir = Path(run_dir)
+        # A fresh run never mixes with a run already in run_dir: refused, or (overwrite) the old
+        # run is kept intact until this one's first checkpoint (_retire_previous_run). Checked on
+        # every rank before DDP's first collective, so no rank has started writing yet.
+        previous = None if resume else _previous_run(self.run_dir)
+        if previous and not overwrite:
+            raise ValueError(f"{self.run_dir} already holds a training run ({previous}): pass "
+                             f"--resume (resume=True) to continue it or --overwrite "
+                             f"(overwrite=True) to replace it")
+        self._replacing = bool(previous)
+        self._held_log = [] if self._replacing else None     # this run's log lines until then
         self.dist = distributed.setup()
         if batch_size % self.dist.world_size:
             raise ValueError(f"batch_size {batch_size} must be divisible by the number of ranks "
@@ -219,7 +312,6 @@ class Trainer:
             model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
             find_unused_parameters=getattr(objective, "find_unused_parameters", False))
         self.objective, self.data = objective, data
-        self.run_dir = Path(run_dir)
         self.batch_size, self.lr, self.warmup, self.grad_clip = batch_size, lr, warmup, grad_clip
         self.lr_decay = lr_decay
         self.amp, self.seed, self.num_workers = amp, seed, num_workers
@@ -247,6 +339,8 @@ class Trainer:
             path = latest_checkpoint(self.run_dir) if resume is True else Path(resume)
             if path is not None:
                 self.load(path)
+            else:
+                self._cut_log()
 
     def lr_at(self, step: int, lr: float | None = None) -> float:
         """The learning rate of step ``step`` (0-based), lr the Trainer's or a parameter group's
@@ -311,7 +405,11 @@ class Trainer:
             if self._mid_step and self._objective_before is not None:   # undo its history
                 self.objective.load_state_dict(self._objective_before)
             self._mid_step = False
-            if self._saved != self.step:
+            if self._saved != self.step and self._replacing:
+                logger.warning("interrupted at step %d, before this run's first checkpoint: none "
+                               "written, and the run already in %s is left intact", self.step,
+                               self.run_dir)
+            elif self._saved != self.step:
                 logger.warning("interrupted at step %d: writing a checkpoint", self.step)
                 self.save()
             raise
@@ -324,7 +422,7 @@ class Trainer:
     def _step(self, batch) -> torch.Tensor:
         """One optimizer step; returns [loss, 1, quartile loss sums (4), counts (4), grad norm]
         for the logging window (zeros where skipped)."""
-        seed_all(mix_seed(self.seed, 0, self.step, self.dist.rank))
+        seed_all(mix_seed(self.seed, STEP_STREAM, self.step, self.dist.rank))
         self._objective_before = copy.deepcopy(self._objective_state())
         self._mid_step = True
         self.model.train()
@@ -397,9 +495,13 @@ class Trainer:
         for i in range(4):
             if window[6 + i] > 0:
                 record[f"loss_q{i + 1}"] = float(window[2 + i] / window[6 + i])
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.run_dir / "log.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        line = json.dumps(record) + "\n"
+        if self._held_log is not None:       # replacing a run: held until the first checkpoint
+            self._held_log.append(line)
+        else:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.run_dir / "log.jsonl", "a") as f:
+                f.write(line)
         self._shown = {k: f"{v:.4g}" for k, v in record.items() if k.startswith("loss_q")}
         logger.info("step %d: %s", self.step, " ".join(
             f"{k} {v:.4g}" for k, v in record.items() if k.startswith("loss")))
@@ -411,9 +513,11 @@ class Trainer:
         return state_dict() if callable(state_dict) else None
 
     def save(self) -> Path | None:
-        """Write the checkpoint ``<run_dir>/step_<N>`` (rank 0 only; returns its path there)."""
+        """Write the checkpoint ``<run_dir>/step_<N>`` (rank 0 only; returns its path there), then
+        (``overwrite``, first checkpoint) remove the run it replaces, and prune older ones."""
         self._saved = self.step
         if not self.dist.is_main:
+            self._replacing = False
             return None
         emas = {} if self.ema is None else {
             r: self.ema.state_dict(self.model, r) for r in self.ema.rates}
@@ -428,8 +532,24 @@ class Trainer:
         path = save_checkpoint(self.run_dir / f"step_{self.step:07d}",
                                model=self.model.state_dict(), emas=emas, state=state,
                                config=config)
-        prune_checkpoints(self.run_dir, self.keep)
+        if self._replacing:
+            self._retire_previous_run(path)
+        prune_checkpoints(self.run_dir, self.keep, protect=path)
         return path
+
+    def _retire_previous_run(self, new: Path):
+        """Remove the run this one replaces (``overwrite``), now that ``new`` is written: its
+        checkpoints first (so a kill midway leaves ``new`` the newest), then its log.jsonl,
+        replaced by this run's held lines (atomically)."""
+        for old in checkpoints(self.run_dir):
+            if old.name != new.name:
+                remove_checkpoint(old)
+        log = self.run_dir / "log.jsonl"
+        tmp = self.run_dir / ".log.jsonl.tmp"
+        tmp.write_text("".join(self._held_log))
+        os.replace(tmp, log)
+        self._held_log, self._replacing = None, False
+        logger.info("replaced the previous run in %s", self.run_dir)
 
     def load(self, path):
         """Restore everything from a checkpoint: weights, EMA, optimizer, scaler, step, loss
@@ -454,8 +574,12 @@ class Trainer:
         self.history = state["history"].tolist()
         self.window = state["window"].clone()
         self._saved = self.step
+        self._cut_log()
+        logger.info("resumed from %s at step %d", path, self.step)
+
+    def _cut_log(self):
+        """Drop the log.jsonl lines past this run's step (rank 0)."""
         log = self.run_dir / "log.jsonl"
         if self.dist.is_main and log.is_file():
             kept = [ln for ln in log.read_text().splitlines() if _logged_step(ln) <= self.step]
             log.write_text("".join(ln + "\n" for ln in kept))
-        logger.info("resumed from %s at step %d", path, self.step)

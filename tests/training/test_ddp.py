@@ -21,7 +21,7 @@ from torch.utils.data import TensorDataset
 from pydiffuse import schedules
 from pydiffuse.nn import GaussianMixtureScore
 from pydiffuse.training import distributed
-from pydiffuse.training.checkpoint import latest_checkpoint, load_checkpoint
+from pydiffuse.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from pydiffuse.training.trainer import StepBatches, Trainer
 from tests.training.test_trainer import SimpleDDPM, T, TinyMLP
 
@@ -54,11 +54,11 @@ class FixedNoiseLoss(SimpleDDPM):
         return {"loss": per.mean(), "per_example": per.detach(), "t": t / T}
 
 
-def train(run_dir) -> Trainer:
+def train(run_dir, **kwargs) -> Trainer:
     torch.manual_seed(0)
     trainer = Trainer(TinyMLP().double(), FixedNoiseLoss(), fixed_noise_data(), run_dir=run_dir,
                       batch_size=BATCH, lr=1e-2, warmup=2, grad_clip=0.5, ema_rates=(0.9,),
-                      log_every=2, progress=False)
+                      log_every=2, progress=False, **kwargs)
     trainer.train(STEPS)
     return trainer
 
@@ -123,6 +123,10 @@ def run_two_ranks(worker: str, out: Path):
 
 def test_two_ranks_match_one(tmp_path):
     out = tmp_path / "ddp"
+    old = out / "replaced"                      # a run the workers' second run overwrites
+    save_checkpoint(old / "step_0000100", model=TinyMLP().double().state_dict(), emas={},
+                    state={"step": 100}, config={})
+    (old / "log.jsonl").write_text('{"step": 100, "loss": 1.0}\n')
     run_two_ranks(__file__, out)
 
     single = train(tmp_path / "single")
@@ -143,8 +147,16 @@ def test_two_ranks_match_one(tmp_path):
     assert ddp_samples["x"].shape == (NUM_SAMPLES, 2)
     np.testing.assert_array_equal(ddp_samples["x"], one["x"])
     np.testing.assert_array_equal(ddp_samples["y"], one["y"])
-    assert sorted(p.name for p in out.iterdir()) == ["run", "samples.npz", "seen0.json",
-                                                     "seen1.json"]   # shards merged away
+    assert sorted(p.name for p in out.iterdir()) == ["replaced", "run", "samples.npz",
+                                                     "seen0.json", "seen1.json"]   # shards merged
+    # overwrite under DDP: rank 0 alone replaced the old run, once its first checkpoint was saved
+    assert sorted(p.name for p in old.iterdir()) == ["log.jsonl", f"step_{STEPS:07d}"]
+    logs = [[{k: v for k, v in json.loads(ln).items() if k != "steps_per_s"}
+             for ln in (d / "log.jsonl").read_text().splitlines()] for d in (old, out / "run")]
+    assert logs[0] == logs[1] and [r["step"] for r in logs[0]] == [2, 4, 6]
+    again = load_checkpoint(old / f"step_{STEPS:07d}")
+    for k, v in ddp["model"].items():
+        assert torch.equal(again["model"][k], v), k
 
 
 if __name__ == "__main__":            # the torchrun worker
@@ -152,5 +164,6 @@ if __name__ == "__main__":            # the torchrun worker
     rank = distributed.setup().rank
     trainer = train(target / "run")
     (target / f"seen{rank}.json").write_text(json.dumps(trainer.objective.seen))
+    train(target / "replaced", overwrite=True)
     draw(target / "samples.npz")
     distributed.teardown()

@@ -16,7 +16,13 @@ from pydiffuse.data import moons
 from pydiffuse.training import DDPMLoss
 from pydiffuse.training.checkpoint import checkpoints, load_checkpoint
 from pydiffuse.training.ema import EMA
-from pydiffuse.training.trainer import Trainer
+from pydiffuse.training.trainer import (
+    STEP_STREAM,
+    Trainer,
+    mix_seed,
+    seed_all,
+    seeded_init,
+)
 
 T = 100
 
@@ -304,3 +310,137 @@ def test_cosine_lr_decay(tmp_path):
 def test_bad_arguments(tmp_path, bad):
     with pytest.raises(ValueError):
         make_trainer(tmp_path, **bad)
+
+
+# -- a fresh run's initial weights; a run directory that already holds a run ------------------
+
+
+def test_seeded_init_is_reproducible_and_leaves_the_global_rng():
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    with seeded_init(7):
+        a = TinyMLP()
+    assert torch.equal(torch.get_rng_state(), state)            # the caller's RNG: untouched
+    torch.manual_seed(456)
+    with seeded_init(7):
+        b = TinyMLP()
+    with seeded_init(8):
+        c = TinyMLP()
+    assert_same(weights(a), weights(b))
+    assert any(not torch.equal(v, weights(c)[k]) for k, v in weights(a).items())
+    seed_all(mix_seed(7, STEP_STREAM, 0, 0))                     # not step 0's stream
+    d = TinyMLP()
+    assert any(not torch.equal(v, weights(d)[k]) for k, v in weights(a).items())
+
+
+def snapshot(run_dir) -> dict:
+    """Every file under run_dir: {relative path: bytes}."""
+    return {str(p.relative_to(run_dir)): p.read_bytes()
+            for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def old_run(run_dir):
+    """A finished run with more steps than the new ones of these tests: steps 10, 15, 20."""
+    make_trainer(run_dir, lr=1e-2, save_every=5, keep=3).train(20)
+    assert [p.name for p in checkpoints(run_dir)] == [f"step_{s:07d}" for s in (10, 15, 20)]
+    return snapshot(run_dir)
+
+
+def logged_steps(run_dir) -> list:
+    return [json.loads(ln)["step"] for ln in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("holds", ["checkpoints", "log only"])
+def test_fresh_run_into_a_used_run_dir_is_refused(tmp_path, holds):
+    if holds == "checkpoints":
+        before = old_run(tmp_path)
+    else:                       # a run killed before its first checkpoint left only a log
+        (tmp_path / "log.jsonl").write_text('{"step": 5, "loss": 1.0}\n')
+        before = snapshot(tmp_path)
+    with pytest.raises(ValueError, match="--resume.*--overwrite") as err:
+        make_trainer(tmp_path).train(3)
+    assert "\n" not in str(err.value) and str(tmp_path) in str(err.value)
+    assert snapshot(tmp_path) == before
+    with pytest.raises(ValueError, match="exclude each other"):
+        make_trainer(tmp_path, resume=True, overwrite=True)
+
+
+def test_fresh_run_into_an_empty_or_new_run_dir(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "log.jsonl").write_text("")
+    make_trainer(tmp_path / "a").train(5)
+    make_trainer(tmp_path / "b", overwrite=True).train(5)      # nothing to replace
+    trainer = make_trainer(tmp_path / "c", resume=True)         # nothing to resume: fresh
+    assert trainer.step == 0
+    trainer.train(5)
+    for d in "abc":
+        assert [p.name for p in checkpoints(tmp_path / d)] == ["step_0000005"]
+        assert logged_steps(tmp_path / d) == [5]
+
+
+class Watching:
+    """``inner``, recording at each call (a step, before its update) the run directory's
+    checkpoints and logged steps, then raising ``error`` at call number ``fail_at``."""
+
+    def __init__(self, inner, run_dir, fail_at=None, error=RuntimeError):
+        self.inner, self.run_dir, self.fail_at, self.error = inner, run_dir, fail_at, error
+        self.seen = []
+
+    def __call__(self, model, batch):
+        log = self.run_dir / "log.jsonl"
+        self.seen.append(([p.name for p in checkpoints(self.run_dir)],
+                          logged_steps(self.run_dir) if log.is_file() else []))
+        if len(self.seen) - 1 == self.fail_at:
+            raise self.error("boom")
+        return self.inner(model, batch)
+
+
+def test_overwrite_replaces_the_run_after_its_first_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    old_run(run)
+    old_steps = logged_steps(run)
+    watch = Watching(SimpleDDPM(), run)
+    new = make_trainer(run, objective=watch, overwrite=True, save_every=2, keep=1, log_every=1)
+    new.train(7)
+    old = [f"step_{s:07d}" for s in (10, 15, 20)]
+    # steps 0, 1: the old run untouched (no new log line in the old log); at step 2 (after the
+    # checkpoint at 2) only the new run, pruned to its newest checkpoint, never an old one
+    assert watch.seen == [(old, old_steps), (old, old_steps),
+                          (["step_0000002"], [1, 2]), (["step_0000002"], [1, 2, 3]),
+                          (["step_0000004"], [1, 2, 3, 4]), (["step_0000004"], [1, 2, 3, 4, 5]),
+                          (["step_0000006"], [1, 2, 3, 4, 5, 6])]
+    assert [p.name for p in checkpoints(run)] == ["step_0000007"]
+    assert logged_steps(run) == list(range(1, 8))
+    assert sorted(p.name for p in run.iterdir()) == ["log.jsonl", "step_0000007"]
+    # the same as a fresh run into an empty directory
+    fresh = make_trainer(tmp_path / "fresh", save_every=2, keep=1, log_every=1)
+    fresh.train(7)
+    assert fresh.history == new.history
+    assert_same(weights(fresh.model), load_checkpoint(run / "step_0000007")["model"])
+    losses = [[json.loads(ln)["loss"] for ln in (d / "log.jsonl").read_text().splitlines()]
+              for d in (run, tmp_path / "fresh")]
+    assert losses[0] == losses[1]
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_overwrite_crash_before_its_first_checkpoint_keeps_the_old_run(tmp_path, error):
+    before = old_run(tmp_path)
+    watch = Watching(SimpleDDPM(), tmp_path, fail_at=3, error=error)
+    with pytest.raises(error):
+        make_trainer(tmp_path, objective=watch, overwrite=True, save_every=5, log_every=1
+                     ).train(7)
+    assert snapshot(tmp_path) == before                 # every byte of the old run
+    # a crash after the first checkpoint: the emergency checkpoint, the new run only
+    watch = Watching(SimpleDDPM(), tmp_path, fail_at=3, error=error)
+    with pytest.raises(error):
+        make_trainer(tmp_path, objective=watch, overwrite=True, save_every=2, log_every=1,
+                     keep=5).train(7)
+    assert [p.name for p in checkpoints(tmp_path)] == ["step_0000002", "step_0000003"]
+    assert logged_steps(tmp_path) == [1, 2, 3]
+
+
+def test_resume_from_an_older_checkpoint_keeps_the_new_one(tmp_path):
+    make_trainer(tmp_path, save_every=5, keep=5).train(20)
+    resumed = make_trainer(tmp_path, resume=tmp_path / "step_0000005", save_every=2, keep=1)
+    resumed.train(8)
+    assert [p.name for p in checkpoints(tmp_path)] == ["step_0000008"]
