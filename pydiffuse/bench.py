@@ -629,11 +629,21 @@ def write_json(report: dict, path: str) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> dict:
+    from pydiffuse.cli import check_writable
+
     names = [n.strip() for n in args.ops.split(",") if n.strip()]
+    if not names:
+        raise ValueError(f"--ops names no op; choose from {', '.join(CASE_NAMES)}")
     try:
         shape = [int(d) for d in args.shape.split(",")] if args.shape else None
     except ValueError:
         raise ValueError(f"--shape must be comma-separated ints, got {args.shape!r}") from None
+    if shape is not None and min(shape) < 1:
+        raise ValueError(f"--shape must be positive ints (e.g. "
+                         f"{','.join(map(str, QUICK_SHAPE))}), got {args.shape!r}")
+    for flag, path in (("--json", args.json), ("--plot", args.plot)):
+        if path:                    # before the benchmark, not after it
+            check_writable(path, flag)
     t0 = time.perf_counter()
     report = run(names, dtype=args.dtype, device=args.device, quick=args.quick, shape=shape)
     report["wall_s"] = time.perf_counter() - t0

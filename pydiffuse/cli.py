@@ -1,4 +1,5 @@
-"""The ``pydiffuse`` command: ``info``, ``bench``, ``demo``, ``train`` and ``sample``.
+"""The ``pydiffuse`` command: ``info``, ``bench``, ``demo``, ``train``, ``sample`` and
+``likelihood``.
 
     pydiffuse info                       versions, CPU/GPU, how pydiffuse._C was built, backends
     pydiffuse bench [--quick] [...]      fused ops vs eager and torch.compile (pydiffuse.bench)
@@ -6,12 +7,80 @@
     pydiffuse train CONFIG.yaml          train what a run configuration names (configs/)
     pydiffuse sample --ckpt DIR --out F  sample a checkpoint into a PNG grid or .npz
     pydiffuse likelihood --ckpt DIR      bits/dim of data: VLB, probability-flow ODE, LSGM NELBO
+
+Mistakes end in one line on stderr, ``pydiffuse <command>: <what is wrong>``, and exit code 2:
+a bad argument (``--n 0``, ``--labels 1.5``, ``--device cuda`` without CUDA, ...), a missing or
+malformed config, checkpoint or data file, an ``--out`` / ``--run-dir`` / ``--json`` that cannot
+be written, a full disk. Each command checks its arguments and where it will write before any
+work (before loading or sampling a model); a missing parent folder of an output is created
+then, so only a path whose nearest existing folder is not a writable directory is refused.
+argparse's own usage errors (an unknown flag, ``--n abc``) also exit 2, with the usage. Ctrl-C
+prints ``pydiffuse <command>: interrupted`` and exits 130.
+
+Which errors are one line: ``ValueError`` (pydiffuse's ``CheckpointError`` is one),
+``OSError`` (missing files, permissions, ENOSPC), safetensors' I/O errors, and the
+``TypeError`` / ``RuntimeError`` / ``KeyError`` that pydiffuse raises itself with a message
+(a ``raise`` in pydiffuse's code). Anything else is a bug and keeps its traceback (exit 1), as
+does a ``ValueError`` that Python raised inside pydiffuse's code (an unpacking error, say).
+Set ``PYDIFFUSE_DEBUG=1`` to get the full traceback of every error.
 """
 
 import argparse
+import os
 import sys
+import textwrap
 import time
 from pathlib import Path
+
+from .cli_checks import (
+    DEBUG_ENV,
+    CommandError,
+    at_least,
+    check_config,
+    check_device,
+    check_labels_for,
+    check_seed,
+    check_writable,
+    load_config,
+    one_line,
+    parse_labels,
+    require,
+    save_failure,
+    shipped_configs,
+    user_error,
+)
+
+EPILOG = (f"A mistake prints one line, 'pydiffuse COMMAND: problem', and exits 2 (Ctrl-C: 130); "
+          f"{DEBUG_ENV}=1 shows the full traceback instead.")
+
+
+
+
+def _configs_epilog() -> str:
+    configs = shipped_configs()
+    if not configs:
+        return ("No configs/ directory found beside the package or here; the repository's "
+                "configs/*.yaml are examples.\n\n" + EPILOG)
+    lines = [f"shipped configs (in {configs[0].parent}):"]
+    width = max(len(path.name) for path in configs) + 2
+    for path in configs:
+        try:
+            head = path.read_text().splitlines()
+        except (OSError, ValueError):
+            head = []
+        comment = " ".join(line.lstrip("# ").strip() for line in head[:3]
+                           if line.startswith("#"))
+        about = textwrap.shorten(comment.split(": ")[0], 56, placeholder=" ...")
+        lines.append(f"  {path.name:<{width}}{about}")
+    return "\n".join(lines) + "\n\n" + EPILOG
+
+
+def _models_epilog() -> str:
+    from pydiffuse.pipeline import SHIPPED
+
+    names = ", ".join(f"{name} (trained by configs/{name}.yaml)" for name in SHIPPED)
+    return (f"shipped models (--ckpt NAME): {names}; or a checkpoint <run_dir>/step_<N>, or a "
+            f"run directory (its newest checkpoint).\n\n" + EPILOG)
 
 
 def cmd_info(args) -> int:
@@ -32,8 +101,8 @@ def cmd_info(args) -> int:
     for label, value in [("pydiffuse", m["pydiffuse"]),
                          ("python", f"{m['python']} ({m['platform']})"),
                          ("torch", m["torch"] + torch_cuda), ("triton", m["triton"]),
-                         ("cpu", f"{m['cpu']}, {m['cpu_count']} cores, "
-                                 f"{m['torch_threads']} torch threads"),
+                         ("cpu", (f"{m['cpu']}, {m['cpu_count']} cores, "
+                                  f"{m['torch_threads']} torch threads")),
                          ("gpu", gpu), ("pydiffuse._C", compiled)]:
         print(f"{label:<14}{value}")
     print("backends:")
@@ -50,6 +119,10 @@ def cmd_bench(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    at_least(args, {"n": 1})
+    check_seed(args.seed)
+    require(Path(args.out).suffix.lower() == ".png", f"--out must end in .png, got {args.out}")
+    check_writable(args.out, "--out")
     from pydiffuse import demo
 
     demo.run(args.ckpt, n=args.n, seed=args.seed, out=args.out)
@@ -57,11 +130,29 @@ def cmd_demo(args) -> int:
 
 
 def cmd_train(args) -> int:
+    import shutil
+
     from pydiffuse import config
 
-    cfg = config.load_config(args.config)
+    at_least(args, {"steps": 1})
+    cfg = load_config(args.config)
+    check_config(cfg, args.config)
     run_dir = args.run_dir or f"runs/{cfg.get('name') or Path(args.config).stem}"
-    trainer = config.train_from_config(cfg, run_dir, steps=args.steps, resume=args.resume)
+    check_writable(run_dir, "--run-dir", directory=True)
+    try:
+        trainer = config.train_from_config(cfg, run_dir, steps=args.steps, resume=args.resume,
+                                           overwrite=args.overwrite)
+    except Exception as err:
+        if save_failure(err) is None:
+            raise
+        try:
+            free = shutil.disk_usage(run_dir).free
+            free = f"; {free / 2 ** 20:.0f} MiB free there now" if free >= 2 ** 20 else \
+                f"; {free // 1024} KiB free there now"
+        except OSError:
+            free = ""
+        raise CommandError(f"could not write a checkpoint in {run_dir}: {one_line(err)}{free} "
+                           f"(the checkpoints already written are intact)") from err
     print(f"trained {trainer.step} steps; checkpoints in {run_dir} "
           f"(skipped steps: {trainer.skipped})")
     return 0
@@ -70,14 +161,25 @@ def cmd_train(args) -> int:
 def cmd_sample(args) -> int:
     from pydiffuse import images, pipeline
 
+    at_least(args, {"n": 1, "steps": 1})
+    check_seed(args.seed)
+    labels = None if args.labels is None else parse_labels(args.labels, args.n)
+    require(args.guidance is None or labels is not None,
+             "--guidance needs --labels (the classes to guide towards)")
+    images.sample_format(args.out)
+    check_writable(args.out, "--out")
+    check_device(args.device)
     pipe = pipeline.load(args.ckpt, device=args.device)
-    labels = None if args.labels is None else [int(v) for v in args.labels.split(",")]
+    check_labels_for(pipe, labels, args.guidance, args.ckpt)
     options = {"sampler": args.sampler} if args.sampler else {}
     start = time.perf_counter()
     x = pipe.sample(args.n, steps=args.steps, seed=args.seed, labels=labels,
                     guidance=args.guidance, **options)
     seconds = time.perf_counter() - start
-    path = images.save_samples(x, args.out, labels=labels)
+    try:
+        path = images.save_samples(x, args.out, labels=labels)
+    except OSError as err:
+        raise CommandError(f"could not write --out {args.out}: {one_line(err)}") from err
     print(f"{args.n} samples in {seconds:.1f} s -> {path}")
     return 0
 
@@ -104,6 +206,15 @@ def cmd_likelihood(args) -> int:
     from pydiffuse import likelihood, lsgm, pipeline
     from pydiffuse.sde import VPSDE
 
+    at_least(args, {"n": 1, "batch_size": 1, "steps": 1, "bins": 2})
+    check_seed(args.seed)
+    for flag, value in (("--rtol", args.rtol), ("--atol", args.atol)):
+        require(value > 0, f"{flag} must be > 0, got {value}")
+    require(0 < args.eps < 1, f"--eps must be in (0, 1), got {args.eps}")
+    if args.data != "digits":
+        require(Path(args.data).is_file(), f"--data {args.data}: no such file (give 'digits' or "
+                 f"an .npz of 8-bit images)")
+    check_device(args.device)
     pipe = pipeline.load(args.ckpt, device=args.device)
     is_lsgm = isinstance(pipe, lsgm.LSGMPipeline)
     args.method = args.method or ("nelbo" if is_lsgm else "vlb")
@@ -170,42 +281,87 @@ def bench_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Keeps the line breaks of a description or epilog (a list stays a list), wrapping each
+    line on its own."""
+
+    def _fill_text(self, text, width, indent):
+        out = []
+        for line in text.splitlines():
+            lead = indent + line[:len(line) - len(line.lstrip())]
+            more = "  " if line[:1].isspace() else ""     # an indented item hangs
+            out.append(textwrap.fill(line.strip(), width, initial_indent=lead,
+                                     subsequent_indent=lead + more) if line.strip() else "")
+        return "\n".join(out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="pydiffuse",
-        description="Fused diffusion-model kernels, samplers and trainers.")
+        prog="pydiffuse", formatter_class=_Formatter, epilog=EPILOG,
+        description="Fused diffusion-model kernels, samplers and trainers. "
+                    "'pydiffuse COMMAND --help' for each command.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    sub.add_parser("info", help="versions, devices, build of pydiffuse._C, backends"
-                   ).set_defaults(func=cmd_info)
+    common = {"formatter_class": _Formatter, "epilog": EPILOG}
+    sub.add_parser("info", help="versions, devices, build of pydiffuse._C, backends",
+                   description="Print the versions (pydiffuse, Python, torch, Triton), the CPU "
+                   "and GPU, how pydiffuse._C was built and which op backends can run here.",
+                   **common).set_defaults(func=cmd_info)
     sub.add_parser("bench", parents=[bench_parser()],
                    help="time the fused ops vs PyTorch eager and torch.compile",
                    description="Time each fused op beside the same expression in PyTorch eager "
-                   "and torch.compile, and against the measured copy bandwidth."
-                   ).set_defaults(func=cmd_bench)
+                   "and torch.compile, and against the measured copy bandwidth.",
+                   **common).set_defaults(func=cmd_bench)
     demo = sub.add_parser("demo", help="the main job: sample the shipped digits model with "
-                          "DDPM, DDIM, PC, ODE and CFG; a grid and a cost/quality table")
+                          "DDPM, DDIM, PC, ODE and CFG; a grid and a cost/quality table",
+                          description="The main job: sample the shipped digits model (or "
+                          "--ckpt, a class-conditional 8x8 digits model) with DDPM, DDIM, the "
+                          "predictor-corrector and probability-flow ODE samplers and "
+                          "classifier-free guidance, and the shipped LSGM; print the cost "
+                          "(model evaluations, seconds) and quality (a digits classifier's "
+                          "confidence, label entropy, Frechet distance) of each, and write "
+                          "their samples as one labelled PNG grid.", **common)
     demo.add_argument("--ckpt", help="another checkpoint or run directory (default: shipped)")
-    demo.add_argument("--n", type=int, default=400, help="samples per sampler")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--out", default="demo_digits.png", help="the labelled PNG grid")
+    demo.add_argument("--n", type=int, default=400, help="samples per sampler (>= 1)")
+    demo.add_argument("--seed", type=int, default=0, help="the noise stream's seed (64-bit)")
+    demo.add_argument("--out", default="demo_digits.png",
+                      help="the labelled grid, a .png (missing folders are created)")
     demo.set_defaults(func=cmd_demo)
-    train = sub.add_parser("train", help="train the model a config file names (configs/*.yaml)")
-    train.add_argument("config", help="a YAML run configuration")
-    train.add_argument("--run-dir", help="logs and checkpoints (default runs/<name>)")
-    train.add_argument("--steps", type=int, help="training steps (default the config's)")
-    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    train = sub.add_parser("train", help="train the model a config file names (configs/*.yaml)",
+                           description="Train what a YAML run configuration names (model "
+                           "preset, process, prediction, objective, data, trainer settings): "
+                           "checkpoints <run-dir>/step_<N>/ and the log <run-dir>/log.jsonl. "
+                           "'pydiffuse sample --ckpt RUN_DIR' samples the newest checkpoint.",
+                           formatter_class=_Formatter, epilog=_configs_epilog())
+    train.add_argument("config", help="a YAML run configuration (e.g. configs/toy-ddpm.yaml)")
+    train.add_argument("--run-dir", help="logs and checkpoints (default runs/<name>; missing "
+                       "folders are created)")
+    train.add_argument("--steps", type=int, help="training steps, >= 1 (default the config's)")
+    again = train.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    again.add_argument("--overwrite", action="store_true",
+                       help="replace the run already in the run directory (removed once this "
+                            "run's first checkpoint is written)")
     train.set_defaults(func=cmd_train)
-    smp = sub.add_parser("sample", help="sample a trained checkpoint into a PNG grid or .npz")
-    smp.add_argument("--ckpt", required=True, help="a checkpoint or run directory")
+    models = {"formatter_class": _Formatter, "epilog": _models_epilog()}
+    smp = sub.add_parser("sample", help="sample a trained checkpoint into a PNG grid or .npz",
+                         description="Sample a model (a shipped one, a checkpoint or a run "
+                         "directory) with any sampler into a PNG grid (8 per row) or an .npz "
+                         "(x [N, ...] in [-1, 1]; y, the labels, with --labels).", **models)
+    smp.add_argument("--ckpt", required=True,
+                     help="a checkpoint, a run directory, 'digits' or 'lsgm'")
     smp.add_argument("--sampler", help="ddpm, ddim, ald, pc, ode, euler, heun, dpmpp_2m "
                      "(default the config's)")
-    smp.add_argument("--steps", type=int, help="sampler steps (default the config's)")
-    smp.add_argument("--n", type=int, default=64, help="number of samples")
-    smp.add_argument("--seed", type=int, default=0)
-    smp.add_argument("--labels", help="class labels, comma-separated (class-conditional models)")
-    smp.add_argument("--guidance", type=float, help="classifier-free guidance 1 + w (with labels)")
-    smp.add_argument("--device", default=None, help="cpu or cuda")
-    smp.add_argument("--out", required=True, help="grid.png or samples.npz")
+    smp.add_argument("--steps", type=int, help="sampler steps, >= 1 (default the config's)")
+    smp.add_argument("--n", type=int, default=64, help="number of samples (>= 1)")
+    smp.add_argument("--seed", type=int, default=0, help="the noise stream's seed (64-bit)")
+    smp.add_argument("--labels", help="class-conditional models: integer class indices in "
+                     "[0, classes), comma-separated: one for every sample, or --n of them "
+                     "(digits: 0-9)")
+    smp.add_argument("--guidance", type=float, help="classifier-free guidance 1 + w (needs "
+                     "--labels)")
+    smp.add_argument("--device", default=None, help="cpu or cuda[:N] (default cpu)")
+    smp.add_argument("--out", required=True,
+                     help="grid.png or samples.npz (missing folders are created)")
     smp.set_defaults(func=cmd_sample)
     lik = sub.add_parser("likelihood", help="bits/dim of data under a checkpoint: the VLB or the "
                          "probability-flow ODE", description="Bits per dimension of the data "
@@ -213,18 +369,19 @@ def build_parser() -> argparse.ArgumentParser:
                          "the data's levels), 'ode' the probability-flow ODE's log-likelihood "
                          "with uniform dequantization (a DDPM-schedule model through its VP "
                          "SDE); 'nelbo' an LSGM's bound (its prior term by the latent ODE). "
-                         "Prints the mean and its standard error.")
+                         "Prints the mean and its standard error.", **models)
     lik.add_argument("--ckpt", required=True,
                      help="a checkpoint, run directory, 'digits' or 'lsgm'")
     lik.add_argument("--method", choices=("vlb", "ode", "nelbo"), default=None,
                      help="default vlb (nelbo for an LSGM checkpoint)")
-    lik.add_argument("--data", default="digits", help="'digits' or an .npz of 8-bit images")
+    lik.add_argument("--data", default="digits", help="'digits' or the path of an .npz of "
+                     "8-bit images")
     lik.add_argument("--split", default="test", choices=("train", "test", "all"),
                      help="the digits split (default test)")
-    lik.add_argument("--n", type=int, default=64, help="items (the first n of the split)")
-    lik.add_argument("--batch-size", type=int, default=None, help="items per model call")
+    lik.add_argument("--n", type=int, default=64, help="items (the first n of the split; >= 1)")
+    lik.add_argument("--batch-size", type=int, default=None, help="items per model call (>= 1)")
     lik.add_argument("--seed", type=int, default=0, help="noise, probe and dequantization seed")
-    lik.add_argument("--device", default=None, help="cpu or cuda")
+    lik.add_argument("--device", default=None, help="cpu or cuda[:N] (default cpu)")
     lik.add_argument("--bins", type=int, default=None,
                      help="the data's levels (default 17 for digits, 256 for .npz)")
     lik.add_argument("--steps", type=int, default=None, help="vlb: respace to this many steps")
@@ -242,14 +399,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """The ``pydiffuse`` command; returns the exit code: 0, 2 for a mistake (one line on
+    stderr), 130 for Ctrl-C. Bugs raise (a traceback); ``PYDIFFUSE_DEBUG=1`` raises all."""
     args = build_parser().parse_args(argv)
+    debug = os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
     try:
         return args.func(args)
-    except (ValueError, RuntimeError) as err:
-        print(f"pydiffuse {args.command}: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"pydiffuse {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        message = None if debug else user_error(err)
+        if message is None:
+            raise
+        print(f"pydiffuse {args.command}: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

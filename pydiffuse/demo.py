@@ -38,10 +38,25 @@ def _labelled_grid(rows, scale: int = 4, per_row: int = 20) -> np.ndarray:
     return np.asarray(canvas)[..., None]
 
 
+def check_model(pipe, name) -> None:
+    """Before any sampling: the demo scores 8x8 digits, and its guided row needs a model
+    conditioned on (at least) the 10 digit classes."""
+    if tuple(pipe.event_shape) != (1, 8, 8):
+        raise ValueError(f"the demo samples and scores 8x8 digits [1, 8, 8]; {name} makes "
+                         f"samples of shape {list(pipe.event_shape)}")
+    null = getattr(pipe.model, "null_label", None)
+    if any("guidance" in options for _, model, _, options in CASES if model is None) and (
+            null is None or null < 10):
+        raise ValueError(f"the demo's guided row needs a model conditioned on the 10 digit "
+                         f"classes (labels 0-9); {name} is "
+                         f"{'not class-conditional' if null is None else f'{null}-class'}")
+
+
 def run(ckpt=None, *, n: int = 400, seed: int = 0, out="demo_digits.png", log=print) -> list:
     """Sample every case of ``CASES``; print the table; write the grid. Returns the rows."""
     start = time.perf_counter()
     pipe = load(ckpt or "digits")
+    check_model(pipe, ckpt or "digits")
     scorer = digits_scorer()
     ref = scorer.reference()
     params = sum(p.numel() for p in pipe.model.parameters())

@@ -37,16 +37,26 @@ def save_png(array: np.ndarray, path) -> Path:
     return path
 
 
+def sample_format(path) -> str:
+    """What ``save_samples`` writes to ``path``: "npz" (suffix .npz) or "png" (.png, any case);
+    ValueError for any other suffix (checked before sampling by ``pydiffuse sample``)."""
+    suffix = Path(path).suffix
+    if suffix == ".npz":
+        return "npz"
+    if suffix.lower() == ".png":
+        return "png"
+    raise ValueError(f"--out must end in .png or .npz, got {path}")
+
+
 def save_samples(x: torch.Tensor, path, *, labels=None, nrow: int = 8, scale: int = 4) -> Path:
-    """``.npz`` (x as float32 [N, ...], optional y) or a PNG grid, by the path's suffix."""
+    """``.npz`` (x as float32 [N, ...], optional y) or a PNG grid, by the path's suffix
+    (``sample_format``); missing parent directories are created."""
     path = Path(path)
-    if path.suffix == ".npz":
+    if sample_format(path) == "npz":
         path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {"x": x.detach().float().cpu().numpy()}
         if labels is not None:
             arrays["y"] = torch.as_tensor(labels).cpu().numpy()
         np.savez(path, **arrays)
         return path
-    if path.suffix.lower() != ".png":
-        raise ValueError(f"--out must end in .png or .npz, got {path}")
     return save_png(grid(x, nrow, scale), path)

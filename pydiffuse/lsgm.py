@@ -8,7 +8,7 @@ import math
 import torch
 
 from .likelihood.ode import ode_nll
-from .pipeline import Pipeline
+from .pipeline import Pipeline, _check_n
 from .samplers import sample as sample_with
 from .training.lsgm_loss import cross_entropy
 
@@ -38,14 +38,16 @@ class LSGMPipeline(Pipeline):
                 ``method="euler" | "heun"`` with ``steps``) or "pc" (reverse diffusion +
                 Langevin); default the config's.
             steps, seed, progress, options: ``pydiffuse.sample``'s.
-            labels, guidance: not supported (the LSGM here is unconditional).
+            labels, guidance: not supported (the LSGM here is unconditional): any labels
+                (whatever their values) or guidance raise ValueError.
             return_info: also return {"nfe", "seconds"} of the latent sampler.
 
         Returns:
             [n, C, H, W] images (and the info dict).
         """
+        _check_n(n)
         if labels is not None or guidance is not None:
-            raise ValueError("this LSGM is not class-conditional: no labels or guidance")
+            raise ValueError("this LSGM is not class-conditional: it takes no labels or guidance")
         sampler, opts = self._sampler_options(sampler, steps, options)
         if sampler not in LSGM_SAMPLERS:
             raise ValueError(f"an LSGM samples its latent with {LSGM_SAMPLERS}, got {sampler!r}")

@@ -1,5 +1,6 @@
 """``pydiffuse.load``: a trained model with its process and prediction, ready to sample."""
 
+import numbers
 from pathlib import Path
 
 import torch
@@ -9,8 +10,7 @@ from .predictions import x0_coefs
 from .samplers import sample as sample_with
 from .schedules import geometric_sigmas
 from .sde import VPSDE
-from .training.checkpoint import latest_checkpoint, read_weights
-
+from .training.checkpoint import latest_checkpoint, read_weights, write_manifest
 
 SDE_SAMPLERS = ("pc", "ode")
 # the models shipped in the package: the pixel-space digits UNet (configs/digits.yaml) and the
@@ -83,20 +83,28 @@ class Pipeline:
     def sample(self, n: int, *, sampler=None, steps=None, seed=0, labels=None, guidance=None,
                progress=None, return_info: bool = False, **options):
         """n samples [n, *event_shape] in [-1, 1] with any sampler of ``pydiffuse.sample``
-        (and its {"nfe", "seconds"} with ``return_info``)."""
+        (and its {"nfe", "seconds"} with ``return_info``).
+
+        ``labels`` (class-conditional models only): integer class indices in [0, num_classes)
+        (the null label num_classes is the unconditional model, used when labels is None), one
+        for every sample or one per sample (a list, or an integer tensor / array); floats,
+        bools, negative or out-of-range labels, or another count raise ValueError before any
+        sampling. ``guidance`` (1 + w) needs labels."""
+        _check_n(n)
         sampler, opts = self._sampler_options(sampler, steps, options)
         null = getattr(self.model, "null_label", None)
         kwargs = {}
         if null is not None:
             y = torch.full((n,), null, dtype=torch.long, device=self.device) if labels is None \
-                else _labels(labels, n, self.device)
+                else _labels(labels, n, self.device, num_classes=null)
             kwargs["model_kwargs"] = {"y": y}
             if guidance is not None:
                 if labels is None:
                     raise ValueError("classifier-free guidance needs labels= (the classes)")
                 kwargs.update(guidance=guidance, uncond_kwargs={"y": torch.full_like(y, null)})
         elif labels is not None or guidance is not None:
-            raise ValueError("this model is not class-conditional: no labels or guidance")
+            raise ValueError("this model is not class-conditional: it takes no labels or "
+                             "guidance")
         model, process, prediction = self.model, self.process, self.prediction
         if sampler in SDE_SAMPLERS and process.kind == "discrete":
             model, process = IndexTime(model, len(process)), VPSDE.from_discrete(process)
@@ -127,11 +135,32 @@ class Pipeline:
         return sampler or default_sampler, opts
 
 
-def _labels(labels, n: int, device) -> torch.Tensor:
-    """n class labels from one label or n of them."""
-    y = torch.as_tensor(labels, device=device).long().reshape(-1)
+def _check_n(n) -> None:
+    """The number of samples: an int >= 1."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f"n (the number of samples) must be an int >= 1, got {n!r}")
+
+
+def _labels(labels, n: int, device, num_classes: int | None = None) -> torch.Tensor:
+    """n class labels (long, on ``device``) from one label or n of them: integer class indices
+    in [0, num_classes); floats are refused, not truncated."""
+    try:
+        y = torch.as_tensor(labels)
+    except (TypeError, ValueError, RuntimeError):   # strings, ragged lists, ints past int64
+        raise ValueError(f"labels must be integer class indices, got {labels!r}") from None
     if y.numel() not in (1, n):
-        raise ValueError(f"labels must be one label or one per sample ({n}), got {y.numel()}")
+        raise ValueError(f"labels must be one label (for every sample) or one per sample ({n}), "
+                         f"got {y.numel()}")
+    if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
+        raise ValueError(f"labels must be integer class indices, got {y.dtype} values "
+                         f"{y.reshape(-1)[:8].tolist()}")
+    y = y.reshape(-1).to(device=device, dtype=torch.long)
+    low, high = 0, num_classes
+    bad = y[(y < low) | (y >= high)] if high is not None else y[y < low]
+    if bad.numel():
+        where = f"[0, {high}) (this model's {high} classes)" if high is not None else ">= 0"
+        raise ValueError(f"labels must be class indices in {where}, got "
+                         f"{sorted(set(bad.tolist()))[:8]}")
     return y.expand(n)
 
 
@@ -161,7 +190,8 @@ def load(path, *, device=None, ema: bool = True) -> Pipeline:
     if not (path / "config.json").is_file():
         newest = latest_checkpoint(path) if path.is_dir() else None
         if newest is None:
-            raise FileNotFoundError(f"{path}: not a checkpoint or a run directory with one")
+            raise FileNotFoundError(f"{path}: not a checkpoint or a run directory with one (or "
+                                    f"a shipped model: {', '.join(SHIPPED)})")
         path = newest
     weights, config = read_weights(path, ema)
     model, model_kwargs = run_config.build_model(config)
@@ -177,7 +207,8 @@ def load(path, *, device=None, ema: bool = True) -> Pipeline:
 
 def export(path, out_dir, *, ema: bool = True) -> Path:
     """A checkpoint reduced to what ``load`` needs: model.safetensors (the EMA weights when
-    ``ema``) and config.json (how the shipped digits model was made from its training run)."""
+    ``ema``), config.json and their manifest.json (checksums, verified by ``load``); how the
+    shipped models were made from their training runs."""
     import json
 
     from safetensors.torch import save_file
@@ -190,4 +221,5 @@ def export(path, out_dir, *, ema: bool = True) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in weights.items()}, out / "model.safetensors")
     (out / "config.json").write_text(json.dumps(config, indent=1))
+    write_manifest(out)
     return out
