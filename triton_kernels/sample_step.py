@@ -77,7 +77,8 @@ def sample_step(x: torch.Tensor, out: torch.Tensor, out_uncond: torch.Tensor | N
     geo = geometry(x, fmt)
     cfg = launch_config(x.shape[0], geo["per_sample"])
     wrap_triton(_sample_step_kernel)[cfg.pop("grid")](
-        x, out, out_uncond, noise, contiguous(seeds), coefs.contiguous(), nxt, x0, x.shape[0], **geo,
+        x, out, out_uncond, noise, contiguous(seeds), coefs.contiguous(), nxt, x0, x.shape[0],
+        **geo,
         step=step, GUIDED=out_uncond is not None, CLIPPED=has_clip, LEARNED_VAR=learned_var,
         **noise_args(noise, seeds), RETURN_X0=return_x0, **cfg)
     return nxt, x0
