@@ -29,6 +29,7 @@ import torch
 import pydiffuse
 from pydiffuse import ops
 from pydiffuse.ops import _dispatch
+from pydiffuse.utils import check_writable
 
 FULL_SHAPE = (16, 4, 512, 512)  # 16Mi elements: 64 MiB per float32 tensor
 QUICK_SHAPE = (4, 4, 256, 256)
@@ -629,8 +630,6 @@ def write_json(report: dict, path: str) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> dict:
-    from pydiffuse.cli import check_writable
-
     names = [n.strip() for n in args.ops.split(",") if n.strip()]
     if not names:
         raise ValueError(f"--ops names no op; choose from {', '.join(CASE_NAMES)}")

@@ -40,7 +40,6 @@ from .cli_checks import (
     check_device,
     check_labels_for,
     check_seed,
-    check_writable,
     load_config,
     one_line,
     parse_labels,
@@ -49,6 +48,7 @@ from .cli_checks import (
     shipped_configs,
     user_error,
 )
+from .utils import check_writable
 
 EPILOG = (f"A mistake prints one line, 'pydiffuse COMMAND: problem', and exits 2 (Ctrl-C: 130); "
           f"{DEBUG_ENV}=1 shows the full traceback instead.")

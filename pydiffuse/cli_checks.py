@@ -4,9 +4,7 @@ mistake (one line on stderr, exit 2) and which are bugs (a traceback); see ``pyd
 """
 
 import linecache
-import os
 import re
-import tempfile
 from pathlib import Path
 
 DEBUG_ENV = "PYDIFFUSE_DEBUG"
@@ -55,34 +53,6 @@ def check_device(device) -> None:
         count = torch.cuda.device_count()
         require(dev.index is None or dev.index < count,
                  f"--device {device}: there are {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
-
-
-def check_writable(path, flag: str, *, directory: bool = False) -> Path:
-    """Fail now, not after the work: ``path`` (a file to write, or with ``directory`` a folder to
-    write in) is not an existing folder (file); an existing file is writable (access(2), which
-    refuses read-only mounts even to root); else the nearest existing folder above it is a
-    directory this process can create files in (tried: a temporary file, removed at once; so
-    it holds for root and read-only mounts alike). Missing folders in between are not made
-    here: the writer makes them."""
-    path = Path(path)
-    if os.path.lexists(path):
-        if directory:
-            require(path.is_dir(), f"{flag} {path}: exists and is not a directory")
-        else:
-            require(not path.is_dir(), f"{flag} {path}: is a directory, not a file")
-            require(os.access(path, os.W_OK), f"{flag} {path}: the file is not writable")
-            return path
-    folder = path if directory and path.is_dir() else path.parent
-    while not os.path.exists(folder) and folder != folder.parent:
-        folder = folder.parent
-    require(folder.is_dir(), f"{flag} {path}: {folder} is not a directory")
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as err:
-        raise CommandError(f"{flag} {path}: cannot write in {folder} "
-                           f"({err.strerror or err})") from None
-    return path
 
 
 def parse_labels(text: str, n: int) -> list:
