@@ -1,12 +1,31 @@
-// Helpers shared by the CPU and CUDA bindings: layout, geometry, argument checks.
+// Helpers shared by the ops' bindings (csrc/cpu/<op>.cpp, CPU and CUDA): layout, geometry,
+// outputs, and the checks of the kernels' invariants. The user-facing checks, which name the
+// public arguments, are pydiffuse/ops' (Python); these keep a direct torch.ops.pydiffuse call
+// with bad shapes, dtypes or devices from reading or writing out of bounds.
 #pragma once
 
 #include <torch/library.h>
 #include <ATen/ATen.h>
 
+#include <optional>
+
 #include "common/layout.h"
+#include "cpu/output_pool.h"
 
 namespace pydiffuse {
+
+using OptTensor = std::optional<at::Tensor>;
+
+inline OptTensor contiguous_as(const OptTensor& t, at::MemoryFormat format) {
+  return t ? OptTensor(t->contiguous(format)) : std::nullopt;
+}
+
+// An output laid out like x (CPU outputs from cpu/output_pool.h), or empty when not wanted.
+inline at::Tensor output_like(const at::Tensor& x, at::MemoryFormat format, bool wanted = true) {
+  if (!wanted) return x.new_empty({0});
+  return x.is_cpu() ? cpu::empty_output(x.sizes(), x.scalar_type(), format)
+                    : at::empty_like(x, x.options(), format);
+}
 
 // The memory format a kernel works in: channels-last where x is, else C-order.
 inline at::MemoryFormat kernel_format(const at::Tensor& x) {

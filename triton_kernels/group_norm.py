@@ -23,8 +23,6 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from pydiffuse.ops.group_norm import register_group_norm_autograd
-
 from .common import kernel_format
 
 FUSED_MAX = 4096  # a group whose padded tile holds at most this many elements is one program
@@ -574,7 +572,3 @@ def group_norm_backward(
             **view, n=n, **tiles, split=split, **flags,
             CPG_BLOCK=triton.next_power_of_2(view["cpg"]))
     return dx, *grads
-
-
-register_group_norm_autograd("pydiffuse_triton::group_norm",
-                             torch.ops.pydiffuse_triton.group_norm_backward)

@@ -1,5 +1,7 @@
-// The step equation of every sampler (DESIGN.md, op 1) and the packed coefficient layout;
-// keep the row order in sync with pydiffuse/ops/_packing.py. No torch headers: host and device.
+// The step equation of every sampler (DESIGN.md, op 1) and the packed coefficient layout. The
+// row order is written once here for C++ and CUDA (and once in pydiffuse/ops/_packing.py for
+// Python and Triton); pydiffuse._C reports it and pydiffuse.ops checks the two agree when it
+// loads _C. No torch headers: host and device.
 //
 //   o    = u + g (out - u)                 (classifier-free guidance, when out_uncond is given)
 //   x0   = cx x + co o;  x0 = clamp(x0, -clip, clip)
@@ -14,10 +16,21 @@
 
 namespace pydiffuse {
 
-enum StepCoef : int {
-  kCx = 0, kCo, kEx, kE0, kM0, kMe, kMx, kS, kGuidance, kClip, kLogLo, kLogHi, kNumStepCoefs
-};
-enum LangevinCoef : int { kStepSize = 0, kSnr, kNumLangevinCoefs };
+// The rows of the packed coefficient tables, in order: X(enumerator, name in _packing.py).
+#define PD_STEP_COEFS(X)                                                                       \
+  X(kCx, "cx") X(kCo, "co") X(kEx, "ex") X(kE0, "e0") X(kM0, "m0") X(kMe, "me") X(kMx, "mx") \
+  X(kS, "s") X(kGuidance, "guidance") X(kClip, "clip") X(kLogLo, "log_lo") X(kLogHi, "log_hi")
+#define PD_LANGEVIN_COEFS(X) X(kStepSize, "step_size") X(kSnr, "snr")
+
+#define PD_COEF_ENUMERATOR(id, name) id,
+#define PD_COEF_NAME(id, name) name,
+enum StepCoef : int { PD_STEP_COEFS(PD_COEF_ENUMERATOR) kNumStepCoefs };
+enum LangevinCoef : int { PD_LANGEVIN_COEFS(PD_COEF_ENUMERATOR) kNumLangevinCoefs };
+// The row names, for pydiffuse._C to report (csrc/ops.cpp).
+inline constexpr const char* kStepCoefNames[] = {PD_STEP_COEFS(PD_COEF_NAME)};
+inline constexpr const char* kLangevinCoefNames[] = {PD_LANGEVIN_COEFS(PD_COEF_NAME)};
+#undef PD_COEF_ENUMERATOR
+#undef PD_COEF_NAME
 
 // One sample's coefficients, read from the packed [kNumStepCoefs, B] table.
 struct StepCoefRow {

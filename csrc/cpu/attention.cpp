@@ -1,5 +1,8 @@
-// pydiffuse::attention and attention_backward on the CPU: FlashAttention's tiling (Dao et al.
-// 2022). A block of queries meets the keys block by block with a running max and sum (base 2:
+// pydiffuse::attention and attention_backward, their host side: the schemas and Meta kernels,
+// the kernels' input invariants, the CPU kernels and the CPU and CUDA bindings (the CUDA kernel:
+// csrc/cuda/attention.cu, the forward only; on CUDA tensors attention_backward is the Triton
+// kernel, attached by pydiffuse/ops/_dispatch.py after its CAPABILITIES).
+// The CPU kernels: FlashAttention's tiling (Dao et al. 2022). A block of queries meets the keys block by block with a running max and sum (base 2:
 // the scale times log2(e) rides in the GEMM's alpha), so no [Nq, Nk] matrix is stored; the
 // backward pass recomputes each tile's probabilities from the saved log-sum-exp. Tile products
 // run on cpu/tile_gemm.h (K and V transposed per head beforehand, so that every product reads
@@ -14,9 +17,65 @@
 #include <vector>
 
 #include "cpu/tile_gemm.h"
-#include "op_inputs.h"
+#include "torch_utils.h"
+#ifdef PYDIFFUSE_WITH_CUDA
+#include "cuda_binding.h"
+#endif
 
-namespace pydiffuse::cpu {
+namespace pydiffuse {
+
+// out = softmax(q k^T scale) v for [B, H, N, D]; also returns lse [B, H, Nq] fp32 (natural log
+// of the softmax denominator of the scaled scores).
+TORCH_LIBRARY_FRAGMENT(pydiffuse, m) {
+  m.def("attention(Tensor q, Tensor k, Tensor v, float scale) -> (Tensor, Tensor)");
+  m.def(
+      "attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
+      "float scale) -> (Tensor, Tensor, Tensor)");
+}
+
+namespace {
+
+// out [B, H, Nq, D] C-order in q's dtype; lse [B, H, Nq] float32 (every backend returns these).
+std::tuple<at::Tensor, at::Tensor> attention_meta(const at::Tensor& q, const at::Tensor& k,
+                                                  const at::Tensor& v, double) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4,
+              "pydiffuse: attention needs q, k, v of shape [B, H, N, D]");
+  auto lse = at::empty_symint({q.sym_size(0), q.sym_size(1), q.sym_size(2)},
+                              q.options().dtype(at::kFloat));
+  return {at::empty_symint(q.sym_sizes(), q.options()), lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_meta(
+    const at::Tensor&, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor&, const at::Tensor&, double) {
+  return {at::empty_symint(q.sym_sizes(), q.options()),
+          at::empty_symint(k.sym_sizes(), k.options()),
+          at::empty_symint(v.sym_sizes(), v.options())};
+}
+
+// q [B, H, Nq, D], k and v [B, H, Nk, D] of one float dtype and device, Nk >= 1.
+void check_attention_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  check_float(q, "q");
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4,
+              "pydiffuse: attention needs q, k, v of shape [B, H, N, D], got ", q.sizes(), ", ",
+              k.sizes(), ", ", v.sizes());
+  check_like(v, k, "v");
+  TORCH_CHECK(k.scalar_type() == q.scalar_type() && k.device() == q.device(),
+              "pydiffuse: k and v must match q's dtype and device");
+  TORCH_CHECK(k.size(0) == q.size(0) && k.size(1) == q.size(1) && k.size(3) == q.size(3),
+              "pydiffuse: attention's k, v ", k.sizes(), " do not match q ", q.sizes(),
+              " in B, H or D");
+  TORCH_CHECK(k.size(2) >= 1, "pydiffuse: attention needs at least one key");
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pydiffuse, Meta, m) {
+  m.impl("attention", &attention_meta);
+  m.impl("attention_backward", &attention_backward_meta);
+}
+
+namespace cpu {
 namespace {
 
 constexpr float kLog2e = 1.4426950408889634f;
@@ -324,4 +383,49 @@ TORCH_LIBRARY_IMPL(pydiffuse, CPU, m) {
   m.impl("attention_backward", &attention_backward_cpu);
 }
 
-}  // namespace pydiffuse::cpu
+}  // namespace cpu
+
+#ifdef PYDIFFUSE_WITH_CUDA
+namespace cuda {
+namespace {
+
+// q, k or v as the attention kernel reads it: any strides in 16-byte steps over a dense last
+// dimension (a packed qkv projection passes as it is); anything else is copied.
+at::Tensor attention_operand(const at::Tensor& t) {
+  const int64_t step = 16 / t.element_size();
+  const bool ok = t.stride(3) == 1 && t.stride(0) % step == 0 && t.stride(1) % step == 0 &&
+                  t.stride(2) % step == 0 &&
+                  reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0;
+  return ok ? t : t.clone(at::MemoryFormat::Contiguous);
+}
+
+std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& q, const at::Tensor& k,
+                                                  const at::Tensor& v, double scale) {
+  check_attention_inputs(q, k, v);
+  // the kernel is instantiated for these head dims only
+  TORCH_CHECK(attention_supports_head_dim(q.size(3)),
+              "pydiffuse: attention on CUDA supports head dims 32, 64 and 128, got ", q.size(3));
+  const c10::cuda::CUDAGuard guard(q.device());
+  auto out = at::empty(q.sizes(), q.options());
+  auto lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
+  if (q.numel() == 0) return {out, lse};
+  const auto qc = attention_operand(q), kc = attention_operand(k), vc = attention_operand(v);
+  AttentionArgs args{dtype_of(q), q.size(0), q.size(1), q.size(2), k.size(2), q.size(3),
+                     qc.const_data_ptr(), kc.const_data_ptr(), vc.const_data_ptr(),
+                     {qc.stride(0), qc.stride(1), qc.stride(2)},
+                     {kc.stride(0), kc.stride(1), kc.stride(2)},
+                     {vc.stride(0), vc.stride(1), vc.stride(2)}, static_cast<float>(scale),
+                     out.mutable_data_ptr(), lse.mutable_data_ptr<float>()};
+  C10_CUDA_CHECK(launch_attention(args, c10::cuda::getCurrentCUDAStream()));
+  return {out, lse};
+}
+
+}  // namespace
+
+// attention_backward on CUDA: not here (pydiffuse/ops/_dispatch.py CAPABILITIES["cuda"]).
+TORCH_LIBRARY_IMPL(pydiffuse, CUDA, m) { m.impl("attention", &attention_cuda); }
+
+}  // namespace cuda
+#endif  // PYDIFFUSE_WITH_CUDA
+
+}  // namespace pydiffuse

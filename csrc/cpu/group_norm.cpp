@@ -1,4 +1,6 @@
-// pydiffuse::group_norm and group_norm_backward on the CPU, in x's own layout.
+// pydiffuse::group_norm and group_norm_backward, their host side: the schemas and Meta kernels,
+// the kernels' input invariants, the CPU kernels and the CPU and CUDA bindings (the CUDA kernels:
+// csrc/cuda/group_norm.cu). The CPU kernels work in x's own layout.
 //
 // Per (b, c): y = act(a (x - mean_g) + d), a = rstd w (1 + scale), d = bias (1 + scale) + shift.
 // A sample is [C, S] (C-order) or [S, C] (channels-last; also every x with S = 1). Work is cut
@@ -26,11 +28,153 @@
 #include "cpu/chunks.h"
 #include "cpu/convert.h"
 #include "cpu/vec_math.h"
-#include "op_inputs.h"
+#include "torch_utils.h"
+#ifdef PYDIFFUSE_WITH_CUDA
+#include "cuda_binding.h"
+#endif
 
 #pragma GCC diagnostic ignored "-Wpsabi"  // cpu/vec_math.h's Lanes stay in inlined code
 
-namespace pydiffuse::cpu {
+namespace pydiffuse {
+
+TORCH_LIBRARY_FRAGMENT(pydiffuse, m) {
+  // y = act((GN(x) * weight + bias) * (1 + scale) + shift); also returns mean, rstd [B, G] fp32.
+  m.def(
+      "group_norm(Tensor x, int num_groups, Tensor? weight, Tensor? bias, Tensor? scale, "
+      "Tensor? shift, float eps, bool silu) -> (Tensor, Tensor, Tensor)");
+  // (grad_x, grad_weight [C], grad_bias [C], grad_scale [B, C], grad_shift [B, C]); a gradient of
+  // an absent parameter is an empty tensor.
+  m.def(
+      "group_norm_backward(Tensor grad_y, Tensor x, Tensor mean, Tensor rstd, int num_groups, "
+      "Tensor? weight, Tensor? bias, Tensor? scale, Tensor? shift, bool silu) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+namespace {
+
+// y in x's kernel layout; mean, rstd [B, G] float32.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_meta(
+    const at::Tensor& x, int64_t num_groups, const OptTensor&, const OptTensor&, const OptTensor&,
+    const OptTensor&, double, bool) {
+  TORCH_CHECK(x.dim() >= 2, "pydiffuse: group_norm needs x of shape [B, C, *spatial]");
+  auto stats = at::empty_symint({x.sym_size(0), c10::SymInt(num_groups)},
+                                x.options().dtype(at::kFloat));
+  return {at::empty_like(x, x.options(), kernel_format(x)), stats, at::empty_like(stats)};
+}
+
+// grad_x in x's kernel layout; each parameter's gradient C-order in its dtype, or empty.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_norm_backward_meta(
+    const at::Tensor&, const at::Tensor& x, const at::Tensor&, const at::Tensor&, int64_t,
+    const OptTensor& weight, const OptTensor& bias, const OptTensor& scale,
+    const OptTensor& shift, bool) {
+  auto grad_of = [&](const OptTensor& t) {
+    return t ? at::empty_symint(t->sym_sizes(), t->options()) : x.new_empty({0});
+  };
+  return {at::empty_like(x, x.options(), kernel_format(x)), grad_of(weight), grad_of(bias),
+          grad_of(scale), grad_of(shift)};
+}
+
+// group_norm's parameters as the kernels read them: float32, C-order (tiny: [C] or [B, C]).
+struct GroupNormParams {
+  OptTensor weight, bias, scale, shift;
+};
+
+OptTensor group_norm_param(const OptTensor& t, at::IntArrayRef shape, const at::Tensor& x,
+                           const char* name) {
+  if (!t) return std::nullopt;
+  TORCH_CHECK(t->sizes() == shape, "pydiffuse: group_norm's ", name, " has shape ", t->sizes(),
+              ", expected ", shape);
+  TORCH_CHECK(t->device() == x.device(), "pydiffuse: ", name, " is on ", t->device(), ", x on ",
+              x.device());
+  return t->to(at::kFloat).contiguous();
+}
+
+GroupNormParams prepare_group_norm_params(const at::Tensor& x, const OptTensor& weight,
+                                          const OptTensor& bias, const OptTensor& scale,
+                                          const OptTensor& shift) {
+  const int64_t c = x.size(1);
+  return {group_norm_param(weight, {c}, x, "weight"), group_norm_param(bias, {c}, x, "bias"),
+          group_norm_param(scale, {x.size(0), c}, x, "scale"),
+          group_norm_param(shift, {x.size(0), c}, x, "shift")};
+}
+
+void check_group_norm_input(const at::Tensor& x, int64_t num_groups) {
+  check_float(x, "x");
+  TORCH_CHECK(x.dim() >= 2, "pydiffuse: group_norm needs x of shape [B, C, *spatial], got ",
+              x.sizes());
+  TORCH_CHECK(num_groups > 0 && x.size(1) % num_groups == 0, "pydiffuse: group_norm: ",
+              x.size(1), " channels do not split into ", num_groups, " groups");
+}
+
+struct GroupNormInputs {
+  Geometry g;
+  int64_t groups;
+  at::Tensor x, y, mean, rstd;  // y in x's kernel layout; mean, rstd [B, G] float32
+  GroupNormParams p;
+};
+
+GroupNormInputs prepare_group_norm(const at::Tensor& x, int64_t num_groups,
+                                   const OptTensor& weight, const OptTensor& bias,
+                                   const OptTensor& scale, const OptTensor& shift) {
+  check_group_norm_input(x, num_groups);
+  const auto format = kernel_format(x);
+  const auto xc = x.contiguous(format);
+  auto mean = at::empty({x.size(0), num_groups}, x.options().dtype(at::kFloat));
+  return {geometry_of(x, format), num_groups, xc, output_like(xc, format), mean,
+          at::empty_like(mean), prepare_group_norm_params(x, weight, bias, scale, shift)};
+}
+
+struct GroupNormBackwardInputs {
+  Geometry g;
+  int64_t groups;
+  at::Tensor grad_y, x, mean, rstd, grad_x;  // grad_y, grad_x in x's kernel layout
+  GroupNormParams p;
+  // Float32 gradients of the parameters given ([C], [C], [B, C], [B, C]), else undefined;
+  // finish_group_norm_backward casts them to the parameters' dtypes.
+  at::Tensor grad_weight, grad_bias, grad_scale, grad_shift;
+};
+
+GroupNormBackwardInputs prepare_group_norm_backward(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& rstd,
+    int64_t num_groups, const OptTensor& weight, const OptTensor& bias, const OptTensor& scale,
+    const OptTensor& shift) {
+  check_group_norm_input(x, num_groups);
+  check_like(grad_y, x, "grad_y");
+  for (const auto* t : {&mean, &rstd}) {
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->dim() == 2 && t->size(0) == x.size(0) &&
+                    t->size(1) == num_groups && t->device() == x.device(),
+                "pydiffuse: group_norm_backward's mean and rstd must be float32 [", x.size(0),
+                ", ", num_groups, "] on x's device, got ", t->scalar_type(), " ", t->sizes());
+  }
+  const auto format = kernel_format(x);
+  const auto xc = x.contiguous(format);
+  auto p = prepare_group_norm_params(x, weight, bias, scale, shift);
+  auto grad_of = [](const OptTensor& t) { return t ? at::empty_like(*t) : at::Tensor(); };
+  return {geometry_of(x, format), num_groups, grad_y.contiguous(format), xc, mean.contiguous(),
+          rstd.contiguous(), output_like(xc, format), p, grad_of(p.weight), grad_of(p.bias),
+          grad_of(p.scale), grad_of(p.shift)};
+}
+
+// (grad_x, grad_weight, grad_bias, grad_scale, grad_shift), each parameter's gradient in that
+// parameter's dtype, or an empty tensor for an absent parameter.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+finish_group_norm_backward(const GroupNormBackwardInputs& in, const OptTensor& weight,
+                           const OptTensor& bias, const OptTensor& scale, const OptTensor& shift) {
+  auto cast = [&](const at::Tensor& grad, const OptTensor& param) {
+    return param ? grad.to(param->scalar_type()) : in.x.new_empty({0});
+  };
+  return {in.grad_x, cast(in.grad_weight, weight), cast(in.grad_bias, bias),
+          cast(in.grad_scale, scale), cast(in.grad_shift, shift)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pydiffuse, Meta, m) {
+  m.impl("group_norm", &group_norm_meta);
+  m.impl("group_norm_backward", &group_norm_backward_meta);
+}
+
+namespace cpu {
 namespace {
 
 constexpr int64_t kTaskElements = kChunk * kChunksPerTask;
@@ -692,4 +836,76 @@ TORCH_LIBRARY_IMPL(pydiffuse, CPU, m) {
   m.impl("group_norm_backward", &group_norm_backward_cpu);
 }
 
-}  // namespace pydiffuse::cpu
+}  // namespace cpu
+
+#ifdef PYDIFFUSE_WITH_CUDA
+namespace cuda {
+namespace {
+
+GroupNormParamPtrs group_norm_param_ptrs(const GroupNormParams& p) {
+  auto ptr = [](const OptTensor& t) { return t ? t->const_data_ptr<float>() : nullptr; };
+  return {ptr(p.weight), ptr(p.bias), ptr(p.scale), ptr(p.shift)};
+}
+
+// The CUDA kernels index a group's elements in 32 bits and (b, c, split) rows in 31.
+void check_group_norm_size(const Geometry& g, int64_t num_groups) {
+  TORCH_CHECK(g.per_sample / num_groups < (int64_t{1} << 31) && g.batch * g.channels < (1 << 26),
+              "pydiffuse: group_norm on CUDA needs groups of fewer than 2^31 elements and "
+              "B * C < 2^26");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_cuda(
+    const at::Tensor& x, int64_t num_groups, const OptTensor& weight, const OptTensor& bias,
+    const OptTensor& scale, const OptTensor& shift, double eps, bool silu) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto in = prepare_group_norm(x, num_groups, weight, bias, scale, shift);
+  if (in.x.numel() == 0) {  // an empty group's statistics are NaN, as on the CPU
+    in.mean.fill_(std::numeric_limits<float>::quiet_NaN());
+    in.rstd.fill_(std::numeric_limits<float>::quiet_NaN());
+    return {in.y, in.mean, in.rstd};
+  }
+  check_group_norm_size(in.g, num_groups);
+  const auto scratch = scratch_bytes(group_norm_scratch_bytes(in.g, num_groups), in.x);
+  const GroupNormArgs args{in.g, dtype_of(in.x), num_groups, static_cast<float>(eps), silu,
+                           group_norm_param_ptrs(in.p), in.x.const_data_ptr(),
+                           in.y.mutable_data_ptr(), in.mean.mutable_data_ptr<float>(),
+                           in.rstd.mutable_data_ptr<float>(), scratch.mutable_data_ptr()};
+  C10_CUDA_CHECK(launch_group_norm(args, c10::cuda::getCurrentCUDAStream()));
+  return {in.y, in.mean, in.rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_norm_backward_cuda(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& rstd,
+    int64_t num_groups, const OptTensor& weight, const OptTensor& bias, const OptTensor& scale,
+    const OptTensor& shift, bool silu) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto in = prepare_group_norm_backward(grad_y, x, mean, rstd, num_groups, weight, bias, scale,
+                                        shift);
+  if (in.x.numel() == 0) {
+    for (auto* t : {&in.grad_weight, &in.grad_bias, &in.grad_scale, &in.grad_shift})
+      if (t->defined()) t->zero_();
+    return finish_group_norm_backward(in, weight, bias, scale, shift);
+  }
+  check_group_norm_size(in.g, num_groups);
+  auto grad = [](at::Tensor& t) { return t.defined() ? t.mutable_data_ptr<float>() : nullptr; };
+  const auto scratch = scratch_bytes(group_norm_backward_scratch_bytes(in.g, num_groups), in.x);
+  const GroupNormBackwardArgs args{
+      in.g, dtype_of(in.x), num_groups, silu, group_norm_param_ptrs(in.p),
+      in.grad_y.const_data_ptr(), in.x.const_data_ptr(), in.mean.const_data_ptr<float>(),
+      in.rstd.const_data_ptr<float>(), in.grad_x.mutable_data_ptr(), grad(in.grad_weight),
+      grad(in.grad_bias), grad(in.grad_scale), grad(in.grad_shift), scratch.mutable_data_ptr()};
+  C10_CUDA_CHECK(launch_group_norm_backward(args, c10::cuda::getCurrentCUDAStream()));
+  return finish_group_norm_backward(in, weight, bias, scale, shift);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pydiffuse, CUDA, m) {
+  m.impl("group_norm", &group_norm_cuda);
+  m.impl("group_norm_backward", &group_norm_backward_cuda);
+}
+
+}  // namespace cuda
+#endif  // PYDIFFUSE_WITH_CUDA
+
+}  // namespace pydiffuse

@@ -1,16 +1,69 @@
-// pydiffuse::langevin_step on the CPU. Plain: one pass. SNR-adaptive (score-SDE corrector): a
-// first pass sums |score|^2 and |z|^2 per chunk, the per-sample step sizes follow, and a second
-// pass writes the step. The first pass keeps the noise stream it draws in a float32 buffer: on
-// the CPU, drawing it again costs about three times the buffer's memory traffic.
+// pydiffuse::langevin_step, its host side: the schema and Meta kernel, the kernels' input
+// invariants, the CPU kernel and the CPU and CUDA bindings (the CUDA kernel:
+// csrc/cuda/langevin_step.cu).
+// The CPU kernel: plain, one pass. SNR-adaptive (score-SDE corrector): a first pass sums
+// |score|^2 and |z|^2 per chunk, the per-sample step sizes follow, and a second pass writes the
+// step. The first pass keeps the noise stream it draws in a float32 buffer: on the CPU, drawing
+// it again costs about three times the buffer's memory traffic.
 #include <cmath>
 #include <vector>
 
 #include "common/step.h"
 #include "cpu/chunks.h"
 #include "cpu/noise.h"
-#include "op_inputs.h"
+#include "torch_utils.h"
+#ifdef PYDIFFUSE_WITH_CUDA
+#include "cuda_binding.h"
+#endif
 
-namespace pydiffuse::cpu {
+namespace pydiffuse {
+
+TORCH_LIBRARY_FRAGMENT(pydiffuse, m) {
+  m.def(
+      "langevin_step(Tensor x, Tensor score, Tensor coefs, bool adaptive, bool per_sample_norm, "
+      "Tensor? noise, Tensor? seeds, int step, bool return_mean) -> (Tensor, Tensor)");
+}
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> langevin_step_meta(
+    const at::Tensor& x, const at::Tensor&, const at::Tensor&, bool, bool, const OptTensor&,
+    const OptTensor&, int64_t, bool return_mean) {
+  auto format = kernel_format(x);
+  auto next = at::empty_like(x, x.options(), format);
+  auto mean = return_mean ? at::empty_like(x, x.options(), format) : x.new_empty({0});
+  return {next, mean};
+}
+
+struct LangevinInputs {
+  Geometry g;
+  at::Tensor x, score, coefs, next, mean;
+  OptTensor noise, seeds;
+};
+
+LangevinInputs prepare_langevin_step(const at::Tensor& x, const at::Tensor& score,
+                                     const at::Tensor& coefs, const OptTensor& noise,
+                                     const OptTensor& seeds, bool return_mean) {
+  check_float(x, "x");
+  check_like(score, x, "score");
+  if (noise) check_like(*noise, x, "noise");
+  // the kernels draw z from `seeds` unless `noise` is given: one of them must be
+  TORCH_CHECK(noise || seeds, "pydiffuse: langevin_step needs noise or seeds");
+  const auto format = kernel_format(x);
+  const auto g = geometry_of(x, format);
+  check_table(coefs, kNumLangevinCoefs, g.batch, x, "coefs");
+  if (seeds) check_seeds(*seeds, g.batch, x);
+  const auto xc = x.contiguous(format);
+  return {g, xc, score.contiguous(format), coefs.contiguous(), output_like(xc, format),
+          output_like(xc, format, return_mean), contiguous_as(noise, format),
+          contiguous_as(seeds, at::MemoryFormat::Contiguous)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pydiffuse, Meta, m) { m.impl("langevin_step", &langevin_step_meta); }
+
+namespace cpu {
 namespace {
 
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -144,4 +197,36 @@ std::tuple<at::Tensor, at::Tensor> langevin_step_cpu(
 
 TORCH_LIBRARY_IMPL(pydiffuse, CPU, m) { m.impl("langevin_step", &langevin_step_cpu); }
 
-}  // namespace pydiffuse::cpu
+}  // namespace cpu
+
+#ifdef PYDIFFUSE_WITH_CUDA
+namespace cuda {
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> langevin_step_cuda(
+    const at::Tensor& x, const at::Tensor& score, const at::Tensor& coefs, bool adaptive,
+    bool per_sample_norm, const OptTensor& noise, const OptTensor& seeds, int64_t step,
+    bool return_mean) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto in = prepare_langevin_step(x, score, coefs, noise, seeds, return_mean);
+  if (in.x.numel() == 0) return {in.next, in.mean};
+  // Adaptive step sizes need per-chunk partial sums: scratch from the torch allocator.
+  const auto scratch = adaptive ? scratch_bytes(langevin_scratch_bytes(in.g), in.x) : at::Tensor();
+  const LangevinArgs args{in.g, dtype_of(in.x), in.x.const_data_ptr(), in.score.const_data_ptr(),
+                          data_or_null(in.noise), in.coefs.const_data_ptr<float>(),
+                          noise_stream(in.seeds, step), adaptive, per_sample_norm,
+                          in.next.mutable_data_ptr(),
+                          return_mean ? in.mean.mutable_data_ptr() : nullptr,
+                          adaptive ? scratch.mutable_data_ptr() : nullptr};
+  C10_CUDA_CHECK(launch_langevin_step(args, c10::cuda::getCurrentCUDAStream()));
+  return {in.next, in.mean};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pydiffuse, CUDA, m) { m.impl("langevin_step", &langevin_step_cuda); }
+
+}  // namespace cuda
+#endif  // PYDIFFUSE_WITH_CUDA
+
+}  // namespace pydiffuse

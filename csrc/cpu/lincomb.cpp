@@ -1,10 +1,51 @@
-// pydiffuse::lincomb on the CPU: sum_i c_i[b] * T_i in one pass, accumulated in float32.
-#include "cpu/chunks.h"
-#include "op_inputs.h"
-
+// pydiffuse::lincomb, its host side: the schema and Meta kernel, the kernels' input invariants,
+// the CPU kernel (sum_i c_i[b] * T_i in one pass, accumulated in float32) and the CPU and CUDA
+// bindings (the CUDA kernel: csrc/cuda/lincomb.cu).
 #include <vector>
 
-namespace pydiffuse::cpu {
+#include "cpu/chunks.h"
+#include "torch_utils.h"
+#ifdef PYDIFFUSE_WITH_CUDA
+#include "cuda_binding.h"
+#endif
+
+namespace pydiffuse {
+
+TORCH_LIBRARY_FRAGMENT(pydiffuse, m) {
+  m.def("lincomb(Tensor[] tensors, Tensor coefs) -> Tensor");
+}
+
+namespace {
+
+at::Tensor lincomb_meta(at::TensorList tensors, const at::Tensor&) {
+  TORCH_CHECK(!tensors.empty(), "pydiffuse: lincomb needs at least one tensor");
+  return at::empty_like(tensors[0], tensors[0].options(), kernel_format(tensors[0]));
+}
+
+struct LincombInputs {
+  Geometry g;
+  std::vector<at::Tensor> terms;
+  at::Tensor coefs, out;
+};
+
+LincombInputs prepare_lincomb(at::TensorList tensors, const at::Tensor& coefs) {
+  TORCH_CHECK(!tensors.empty(), "pydiffuse: lincomb needs at least one tensor");
+  const auto& first = tensors[0];
+  check_float(first, "tensors[0]");
+  for (const auto& t : tensors) check_like(t, first, "a lincomb term");
+  const auto format = kernel_format(first);
+  const auto g = geometry_of(first, format);
+  check_table(coefs, static_cast<int64_t>(tensors.size()), g.batch, first, "coefs");
+  std::vector<at::Tensor> terms;
+  for (const auto& t : tensors) terms.push_back(t.contiguous(format));
+  return {g, std::move(terms), coefs.contiguous(), output_like(first, format)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pydiffuse, Meta, m) { m.impl("lincomb", &lincomb_meta); }
+
+namespace cpu {
 namespace {
 
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -47,4 +88,30 @@ at::Tensor lincomb_cpu(at::TensorList tensors, const at::Tensor& coefs) {
 
 TORCH_LIBRARY_IMPL(pydiffuse, CPU, m) { m.impl("lincomb", &lincomb_cpu); }
 
-}  // namespace pydiffuse::cpu
+}  // namespace cpu
+
+#ifdef PYDIFFUSE_WITH_CUDA
+namespace cuda {
+namespace {
+
+at::Tensor lincomb_cuda(at::TensorList tensors, const at::Tensor& coefs) {
+  TORCH_CHECK(tensors.size() <= kMaxLincombTerms, "pydiffuse: lincomb on CUDA takes at most ",
+              kMaxLincombTerms, " tensors, got ", tensors.size());
+  const c10::cuda::CUDAGuard guard(tensors.at(0).device());
+  auto in = prepare_lincomb(tensors, coefs);
+  if (in.out.numel() == 0) return in.out;
+  LincombArgs args{in.g, dtype_of(in.out), static_cast<int>(in.terms.size()), {},
+                   in.coefs.const_data_ptr<float>(), in.out.mutable_data_ptr()};
+  for (size_t k = 0; k < in.terms.size(); ++k) args.terms[k] = in.terms[k].const_data_ptr();
+  C10_CUDA_CHECK(launch_lincomb(args, c10::cuda::getCurrentCUDAStream()));
+  return in.out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pydiffuse, CUDA, m) { m.impl("lincomb", &lincomb_cuda); }
+
+}  // namespace cuda
+#endif  // PYDIFFUSE_WITH_CUDA
+
+}  // namespace pydiffuse

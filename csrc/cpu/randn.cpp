@@ -1,13 +1,45 @@
-// pydiffuse::randn on the CPU, and fill_noise: the noise stream written so that GCC vectorizes
-// it (Philox with widening 32x32->64 multiplies; log, cos, sin as branch-free polynomials), built
-// for AVX-512, AVX2 and baseline x86-64 and chosen at load time (target_clones).
-#include "cpu/chunks.h"
-#include "cpu/noise.h"
-#include "op_inputs.h"
-
+// pydiffuse::randn, its host side: the schema and Meta kernel, the kernels' input invariants, the
+// CPU kernel and the CPU and CUDA bindings (the CUDA kernel: csrc/cuda/randn.cu); and
+// fill_noise: the noise stream written so that GCC vectorizes it (Philox with widening
+// 32x32->64 multiplies; log, cos, sin as branch-free polynomials), built for AVX-512, AVX2 and
+// baseline x86-64 and chosen at load time (target_clones).
 #include <cstring>
 
-namespace pydiffuse::cpu {
+#include "cpu/chunks.h"
+#include "cpu/noise.h"
+#include "torch_utils.h"
+#ifdef PYDIFFUSE_WITH_CUDA
+#include "cuda_binding.h"
+#endif
+
+namespace pydiffuse {
+
+TORCH_LIBRARY_FRAGMENT(pydiffuse, m) {
+  m.def("randn(Tensor seeds, SymInt[] shape, int step, ScalarType dtype) -> Tensor");
+}
+
+namespace {
+
+at::Tensor randn_meta(const at::Tensor& seeds, c10::SymIntArrayRef shape, int64_t,
+                      at::ScalarType dtype) {
+  return at::empty_symint(shape, seeds.options().dtype(dtype));
+}
+
+// The output of randn, checked: C-order, `dtype`, on the seeds' device.
+at::Tensor prepare_randn(const at::Tensor& seeds, at::IntArrayRef shape, at::ScalarType dtype) {
+  TORCH_CHECK(!shape.empty(), "pydiffuse: randn needs a shape with a batch dimension");
+  auto out = seeds.is_cpu() ? cpu::empty_output(shape, dtype, at::MemoryFormat::Contiguous)
+                            : at::empty(shape, seeds.options().dtype(dtype));
+  check_float(out, "randn's dtype");
+  check_seeds(seeds, out.size(0), out);
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pydiffuse, Meta, m) { m.impl("randn", &randn_meta); }
+
+namespace cpu {
 namespace {
 
 PD_HOST_DEVICE float bits_to_float(uint32_t u) {
@@ -149,4 +181,28 @@ at::Tensor randn_cpu(const at::Tensor& seeds, at::IntArrayRef shape, int64_t ste
 
 TORCH_LIBRARY_IMPL(pydiffuse, CPU, m) { m.impl("randn", &randn_cpu); }
 
-}  // namespace pydiffuse::cpu
+}  // namespace cpu
+
+#ifdef PYDIFFUSE_WITH_CUDA
+namespace cuda {
+namespace {
+
+at::Tensor randn_cuda(const at::Tensor& seeds, at::IntArrayRef shape, int64_t step,
+                      at::ScalarType dtype) {
+  const c10::cuda::CUDAGuard guard(seeds.device());
+  auto out = prepare_randn(seeds, shape, dtype);
+  if (out.numel() == 0) return out;
+  C10_CUDA_CHECK(launch_randn(geometry_of(out, at::MemoryFormat::Contiguous), dtype_of(out),
+                              noise_stream(seeds.contiguous(), step), out.mutable_data_ptr(),
+                              c10::cuda::getCurrentCUDAStream()));
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pydiffuse, CUDA, m) { m.impl("randn", &randn_cuda); }
+
+}  // namespace cuda
+#endif  // PYDIFFUSE_WITH_CUDA
+
+}  // namespace pydiffuse

@@ -1,12 +1,66 @@
-// pydiffuse::sample_step on the CPU: one pass over x and the model output(s), per chunk of one
-// sample: stage inputs as float32 (free for float32 data), generate the noise in-register-sized
-// chunks, and run the branch-free step equation (common/step.h) that GCC vectorizes.
+// pydiffuse::sample_step, its host side: the schema and Meta kernel, the kernels' input
+// invariants (inputs laid out as the kernels read them, outputs allocated), the CPU kernel and
+// the CPU and CUDA bindings (the CUDA kernel: csrc/cuda/sample_step.cu).
+// The CPU kernel makes one pass over x and the model output(s), per chunk of one sample: stage
+// inputs as float32 (free for float32 data), generate the noise in-register-sized chunks, and run
+// the branch-free step equation (common/step.h) that GCC vectorizes.
 #include "common/step.h"
 #include "cpu/chunks.h"
 #include "cpu/noise.h"
-#include "op_inputs.h"
+#include "torch_utils.h"
+#ifdef PYDIFFUSE_WITH_CUDA
+#include "cuda_binding.h"
+#endif
 
-namespace pydiffuse::cpu {
+namespace pydiffuse {
+
+TORCH_LIBRARY_FRAGMENT(pydiffuse, m) {
+  m.def(
+      "sample_step(Tensor x, Tensor out, Tensor? out_uncond, Tensor coefs, Tensor? noise, "
+      "Tensor? seeds, int step, bool has_clip, bool learned_var, bool return_x0) "
+      "-> (Tensor, Tensor)");
+}
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> sample_step_meta(
+    const at::Tensor& x, const at::Tensor&, const OptTensor&, const at::Tensor&, const OptTensor&,
+    const OptTensor&, int64_t, bool, bool, bool return_x0) {
+  auto format = kernel_format(x);
+  auto next = at::empty_like(x, x.options(), format);
+  auto x0 = return_x0 ? at::empty_like(x, x.options(), format) : x.new_empty({0});
+  return {next, x0};
+}
+
+struct SampleStepInputs {
+  Geometry g;
+  at::Tensor x, out, coefs, next, x0;
+  OptTensor uncond, noise, seeds;
+};
+
+SampleStepInputs prepare_sample_step(const at::Tensor& x, const at::Tensor& out,
+                                     const OptTensor& uncond, const at::Tensor& coefs,
+                                     const OptTensor& noise, const OptTensor& seeds,
+                                     bool learned_var, bool return_x0) {
+  check_float(x, "x");
+  check_step_output(out, x, learned_var, "out");
+  if (uncond) check_like(*uncond, out, "out_uncond");
+  if (noise) check_like(*noise, x, "noise");
+  const auto format = kernel_format(x);
+  const auto g = geometry_of(x, format);
+  check_table(coefs, kNumStepCoefs, g.batch, x, "coefs");
+  if (seeds) check_seeds(*seeds, g.batch, x);
+  const auto xc = x.contiguous(format);
+  return {g, xc, out.contiguous(format), coefs.contiguous(), output_like(xc, format),
+          output_like(xc, format, return_x0), contiguous_as(uncond, format),
+          contiguous_as(noise, format), contiguous_as(seeds, at::MemoryFormat::Contiguous)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pydiffuse, Meta, m) { m.impl("sample_step", &sample_step_meta); }
+
+namespace cpu {
 namespace {
 
 // Float32 views of one chunk; u, v and z are null when absent.
@@ -130,4 +184,33 @@ std::tuple<at::Tensor, at::Tensor> sample_step_cpu(
 
 TORCH_LIBRARY_IMPL(pydiffuse, CPU, m) { m.impl("sample_step", &sample_step_cpu); }
 
-}  // namespace pydiffuse::cpu
+}  // namespace cpu
+
+#ifdef PYDIFFUSE_WITH_CUDA
+namespace cuda {
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> sample_step_cuda(
+    const at::Tensor& x, const at::Tensor& out, const OptTensor& out_uncond,
+    const at::Tensor& coefs, const OptTensor& noise, const OptTensor& seeds, int64_t step,
+    bool has_clip, bool learned_var, bool return_x0) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto in = prepare_sample_step(x, out, out_uncond, coefs, noise, seeds, learned_var, return_x0);
+  if (in.x.numel() == 0) return {in.next, in.x0};
+  const SampleStepArgs args{in.g, dtype_of(in.x), in.x.const_data_ptr(), in.out.const_data_ptr(),
+                            data_or_null(in.uncond), data_or_null(in.noise),
+                            in.coefs.const_data_ptr<float>(), noise_stream(in.seeds, step),
+                            has_clip, learned_var, in.next.mutable_data_ptr(),
+                            return_x0 ? in.x0.mutable_data_ptr() : nullptr};
+  C10_CUDA_CHECK(launch_sample_step(args, c10::cuda::getCurrentCUDAStream()));
+  return {in.next, in.x0};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pydiffuse, CUDA, m) { m.impl("sample_step", &sample_step_cuda); }
+
+}  // namespace cuda
+#endif  // PYDIFFUSE_WITH_CUDA
+
+}  // namespace pydiffuse

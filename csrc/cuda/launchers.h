@@ -1,8 +1,8 @@
-// Raw-pointer launchers of the CUDA kernels (csrc/cuda/*.cu), called by csrc/cuda_bindings.cpp.
-// No torch headers, so CI compiles the kernels with nvcc alone. Data is B samples of per_sample
-// elements (common/layout.h), contiguous in the kernel format; coefficient tables and seeds live
-// on the device. Every launcher enqueues on `stream`, launches nothing for empty data and returns
-// cudaGetLastError().
+// Raw-pointer launchers of the CUDA kernels (csrc/cuda/*.cu), called by each op's CUDA binding
+// in csrc/cpu/<op>.cpp. No torch headers, so CI compiles the kernels with nvcc alone. Data is B
+// samples of per_sample elements (common/layout.h), contiguous in the kernel format; coefficient
+// tables and seeds live on the device. Every launcher enqueues on `stream`, launches nothing for
+// empty data and returns cudaGetLastError().
 #pragma once
 
 #include <cuda_runtime.h>

@@ -65,12 +65,6 @@ def check_number(value, name: str, *, minimum=None, positive: bool = False):
     return value
 
 
-def check_dtype_backend(x: torch.Tensor, backend_name: str) -> None:
-    if x.dtype == torch.float64 and backend_name != "reference":
-        raise TypeError(f"float64 runs on the reference backend only (backend {backend_name!r} "
-                        "computes in float32); use float32 or pydiffuse.ops.backend('reference')")
-
-
 def is_nonzero(value) -> bool:
     """Whether a coefficient may be non-zero without looking at device data."""
     return isinstance(value, torch.Tensor) or float(value) != 0.0

@@ -1,20 +1,60 @@
-"""The one place a backend is chosen: ``with backend(name)``, then ``PYDIFFUSE_BACKEND``, then the
-best backend built for the tensor's device (cuda > triton > reference on GPUs; cpu > reference
-on the CPU). A forced backend that cannot run raises ``BackendUnavailable`` saying why; there is
-no silent fallback.
+"""The one place a backend is chosen, and what each backend can run.
+
+Choice: ``with backend(name)``, then ``PYDIFFUSE_BACKEND``, then the best backend built for the
+tensor's device (cuda > triton > reference on GPUs; cpu > reference on the CPU). A forced backend
+that cannot run raises ``BackendUnavailable`` saying why; there is no silent fallback.
+
+Capability: ``CAPABILITIES`` says, per backend, which dtypes it takes, which attention head sizes,
+how many lincomb terms, and whose kernel runs a backward it has none of; an op asks
+``select(op, device, dtype, ...)`` for its kernel, which refuses what the chosen backend cannot
+run with an error naming the argument.
+
+Loading: ``pydiffuse._C`` (the C++ / CUDA ops, ``torch.ops.pydiffuse``) when this package is
+imported, its coefficient rows checked against ``_packing``; the Triton kernels
+(``torch.ops.pydiffuse_triton``) on first use. Once a namespace's ops exist, every autograd
+formula (``_autograd``) is registered for it, and the kernels a backend borrows are attached.
 """
 
 import contextlib
+import dataclasses
 import functools
 import importlib
 import os
+from collections.abc import Mapping
 
 import torch
 
 from . import reference
-from ._autograd_steps import register_step_autograd
+from ._autograd import register_namespace
+from ._checks import FLOAT_DTYPES
+from ._packing import LANGEVIN_COEF_NAMES, STEP_ROW_NAMES
 
 BACKENDS = ("cpu", "cuda", "triton", "reference")
+NAMESPACES = {"cpu": "pydiffuse", "cuda": "pydiffuse", "triton": "pydiffuse_triton"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Capability:
+    """What one backend runs (every op, unless a field restricts it)."""
+
+    # dtypes of the data (every compiled backend computes in float32)
+    dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES
+    # attention's head dims D (the GPU kernels are specialised per D); None: any
+    head_dims: tuple[int, ...] | None = None
+    # lincomb's tensors in one call (the CUDA kernel takes their pointers by value); None: any
+    max_terms: int | None = None
+    # op -> the backend whose ``<op>_backward`` kernel this backend runs (it has none of its own);
+    # absent: its own backward (C++ / CUDA / Triton kernels, or fused lincombs for the step ops)
+    backward: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+CAPABILITIES = {
+    "cpu": Capability(),
+    "cuda": Capability(head_dims=(32, 64, 128), max_terms=16, backward={"attention": "triton"}),
+    "triton": Capability(head_dims=(32, 64, 128)),
+    "reference": Capability(dtypes=FLOAT_DTYPES + (torch.float64,)),  # backward: torch autograd
+}
+
 # Innermost ``with backend(...)`` last. Process-wide like torch.backends flags: a plain list,
 # so that torch.compile traces the choice (it cannot trace a ContextVar).
 _forced: list[str] = []
@@ -24,6 +64,19 @@ class BackendUnavailable(RuntimeError):
     """A forced backend cannot run the op on this tensor."""
 
 
+def check_packed_layout(module) -> None:
+    """ImportError unless ``module`` (pydiffuse._C) reads the packed coefficient rows in the order
+    ``_packing`` writes them (csrc/common/step.h against pydiffuse/ops/_packing.py)."""
+    for op, attr, expected in (("sample_step", "step_coef_names", STEP_ROW_NAMES),
+                               ("langevin_step", "langevin_coef_names", LANGEVIN_COEF_NAMES)):
+        built = tuple(getattr(module, attr, ()))
+        if built != expected:
+            raise ImportError(
+                f"pydiffuse._C reads {op}'s coefficient rows in the order {built or 'unknown'} "
+                f"(csrc/common/step.h), but pydiffuse/ops/_packing.py packs them as {expected}: "
+                "make the two orders agree and rebuild (pip install --no-build-isolation -e .)")
+
+
 @functools.cache
 def _compiled_module():
     """(pydiffuse._C or None, why not)."""
@@ -31,8 +84,26 @@ def _compiled_module():
         module = importlib.import_module("pydiffuse._C")
     except ImportError as err:
         return None, f"pydiffuse._C is not built or failed to load ({err})"
-    register_step_autograd("pydiffuse")
+    check_packed_layout(module)
+    register_namespace("pydiffuse")
+    if module.with_cuda:
+        for op, lender in CAPABILITIES["cuda"].backward.items():
+            torch.library.impl(f"pydiffuse::{op}_backward", "CUDA",
+                               _borrowed(f"{op}_backward", lender))
     return module, ""
+
+
+def _borrowed(kernel: str, lender: str):
+    """pydiffuse::<kernel> on CUDA tensors: ``lender``'s kernel, loaded on first use."""
+
+    def run(*args, **kwargs):
+        why = unavailable_reason(lender, "cuda")
+        if why:
+            raise RuntimeError(f"pydiffuse: {kernel} on CUDA runs the {lender.title()} kernel: "
+                               f"{why}")
+        return _kernel(lender, kernel)(*args, **kwargs)
+
+    return run
 
 
 def _triton_interpreted() -> bool:
@@ -50,7 +121,7 @@ def _triton_module():
         module = importlib.import_module("pydiffuse.triton_kernels")
     except Exception as err:  # a broken triton install fails in many ways
         return None, f"pydiffuse.triton_kernels failed to load ({type(err).__name__}: {err})"
-    register_step_autograd("pydiffuse_triton")
+    register_namespace("pydiffuse_triton")
     return module, ""
 
 
@@ -114,14 +185,44 @@ def backend(name: str):
         _forced.pop()
 
 
-def implementation(op: str, device: torch.device):
-    """The callable that runs ``op`` (packed arguments) on ``device`` with the chosen backend."""
-    name = current_backend(device)
+def check_supported(name: str, *, dtype: torch.dtype, head_dim: int | None = None,
+                    terms: int | None = None) -> None:
+    """A TypeError / ValueError naming the argument if backend ``name`` cannot run these inputs
+    (``CAPABILITIES``): the data's dtype, attention's head dim, lincomb's number of tensors."""
+    cap = CAPABILITIES[name]
+    if dtype not in cap.dtypes:
+        if dtype == torch.float64:
+            raise TypeError(f"float64 runs on the reference backend only (backend {name!r} "
+                            "computes in float32); use float32 or "
+                            "pydiffuse.ops.backend('reference')")
+        raise TypeError(f"the {name!r} backend runs "
+                        f"{', '.join(str(d).removeprefix('torch.') for d in cap.dtypes)}, "
+                        f"got {dtype}")
+    if head_dim is not None and cap.head_dims is not None and head_dim not in cap.head_dims:
+        raise ValueError(f"head dim D = {head_dim} is not supported by the {name!r} backend; "
+                         f"supported: {', '.join(map(str, cap.head_dims))}")
+    if terms is not None and cap.max_terms is not None and terms > cap.max_terms:
+        raise ValueError(f"tensors: the {name!r} backend's lincomb takes at most {cap.max_terms} "
+                         f"tensors, got {terms}")
+
+
+def _kernel(name: str, op: str):
     if name == "reference":
         return getattr(reference, op)
-    if name == "triton":
-        return getattr(torch.ops.pydiffuse_triton, op)
-    return getattr(torch.ops.pydiffuse, op)
+    return getattr(getattr(torch.ops, NAMESPACES[name]), op)
+
+
+def implementation(op: str, device: torch.device):
+    """The callable that runs ``op`` (packed arguments) on ``device`` with the chosen backend."""
+    return _kernel(current_backend(device), op)
+
+
+def select(op: str, device: torch.device, dtype: torch.dtype, **sizes):
+    """``implementation(op, device)``, once ``check_supported`` has accepted the inputs
+    (``dtype``, and ``head_dim`` / ``terms`` where the op has them) for the chosen backend."""
+    name = current_backend(device)
+    check_supported(name, dtype=dtype, **sizes)
+    return _kernel(name, op)
 
 
 def available_backends() -> dict[str, str]:
@@ -132,9 +233,9 @@ def available_backends() -> dict[str, str]:
         ok = [d for d in devices if not unavailable_reason(name, d)]
         if ok:
             report[name] = "available on " + ", ".join(ok)
-            if name == "cuda":  # csrc/cuda has attention's forward only
-                why = unavailable_reason("triton", "cuda")
-                report[name] += (" (attention backward runs the Triton kernel" +
+            for op, lender in CAPABILITIES[name].backward.items():  # (runs on CUDA tensors)
+                why = unavailable_reason(lender, "cuda")
+                report[name] += (f" ({op} backward runs the {lender.title()} kernel" +
                                  (f", which is unavailable: {why})" if why else ")"))
         else:
             reasons = {unavailable_reason(name, d) for d in devices}

@@ -2,7 +2,12 @@
 
 Coefficients travel as one float32 tensor [rows, B] on the data's device, one row per
 coefficient, so a compiled kernel reads them per sample; seeds as an int64 tensor [1] (one seed
-for the batch) or [B] (one per sample). Keep in sync with ``csrc/common/step.h``.
+for the batch) or [B] (one per sample).
+
+The row order is written once per language: here for Python and the Triton kernels (which read
+this module), and in ``csrc/common/step.h`` for C++ and CUDA, whose order ``pydiffuse._C``
+reports; ``ops._dispatch`` compares the two when it loads ``_C``. This module imports nothing
+from pydiffuse, so that ``triton_kernels/`` may import it (its one import of ``pydiffuse``).
 """
 
 import dataclasses
@@ -13,11 +18,14 @@ import torch
 
 STEP_COEF_NAMES = ("cx", "co", "ex", "e0", "m0", "me", "mx", "s")
 STEP_EXTRA_NAMES = ("guidance", "clip", "log_lo", "log_hi")
-COEF_INDEX = {name: i for i, name in enumerate(STEP_COEF_NAMES + STEP_EXTRA_NAMES)}
+STEP_ROW_NAMES = STEP_COEF_NAMES + STEP_EXTRA_NAMES  # the rows of sample_step's table
+COEF_INDEX = {name: i for i, name in enumerate(STEP_ROW_NAMES)}
 NUM_STEP_COEFS = len(COEF_INDEX)
 
-LANGEVIN_STEP_SIZE, LANGEVIN_SNR = 0, 1
-NUM_LANGEVIN_COEFS = 2
+LANGEVIN_COEF_NAMES = ("step_size", "snr")
+LANGEVIN_STEP_SIZE = LANGEVIN_COEF_NAMES.index("step_size")
+LANGEVIN_SNR = LANGEVIN_COEF_NAMES.index("snr")
+NUM_LANGEVIN_COEFS = len(LANGEVIN_COEF_NAMES)
 
 Coef = float | torch.Tensor
 

@@ -1,16 +1,14 @@
 """``attention``: softmax(q kᵀ · scale) v, flash-style (online softmax, no Nq×Nk matrix), with
-autograd through the backend's own ``attention_backward``."""
+autograd through the backend's ``attention_backward`` (on CUDA tensors, the kernel
+``_dispatch.CAPABILITIES`` names: Triton's)."""
 
 import math
 import numbers
 
 import torch
 
-from . import _dispatch
-from ._checks import FLOAT_DTYPES, check_dtype_backend
-
-# Head dims each backend runs; None: any. The GPU kernels are specialised per head dim.
-HEAD_DIMS = {"cpu": None, "reference": None, "cuda": (32, 64, 128), "triton": (32, 64, 128)}
+from . import _autograd, _dispatch
+from ._checks import FLOAT_DTYPES
 
 
 def attention(q, k, v, *, scale=None):
@@ -34,13 +32,8 @@ def attention(q, k, v, *, scale=None):
         scale = 1.0 / math.sqrt(q.shape[-1])
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale):
         raise TypeError(f"scale must be a finite float, got {scale!r}")
-    name = _dispatch.current_backend(q.device)
-    check_dtype_backend(q, name)
-    dims = HEAD_DIMS[name]
-    if dims is not None and q.shape[-1] not in dims:
-        raise ValueError(f"head dim D = {q.shape[-1]} is not supported by the {name!r} backend; "
-                         f"supported: {', '.join(map(str, dims))}")
-    out, _ = _dispatch.implementation("attention", q.device)(q, k, v, float(scale))
+    run = _dispatch.select("attention", q.device, q.dtype, head_dim=q.shape[-1])
+    out, _ = run(q, k, v, float(scale))
     return out
 
 
@@ -70,16 +63,12 @@ def _check(q, k, v) -> None:
         raise ValueError("attention needs a head dim D >= 1")
 
 
-def register_attention_autograd(op_name: str, backward_op) -> None:
-    """Registers the autograd formula of an attention op ``(q, k, v, float scale) -> (out, lse)``.
-
-    Args:
-        op_name: the forward op, e.g. ``"pydiffuse::attention"``, ``"pydiffuse_triton::attention"``.
-        backward_op: ``(grad_out, q, k, v, out, lse, scale) -> (dq, dk, dv)``, e.g.
-            ``torch.ops.pydiffuse.attention_backward``.
-
-    lse (the second output) is not differentiable: its gradient is not propagated.
-    """
+@_autograd.formula("attention")
+def _attention_autograd(namespace):
+    """Through the namespace's ``attention_backward(grad_out, q, k, v, out, lse, scale) -> (dq, dk,
+    dv)`` (on CUDA tensors the backend's kernel per ``_dispatch.CAPABILITIES``); lse, the second
+    output, is not differentiable."""
+    backward_op = getattr(torch.ops, namespace).attention_backward
 
     def setup_context(ctx, inputs, output):
         q, k, v, scale = inputs
@@ -93,19 +82,4 @@ def register_attention_autograd(op_name: str, backward_op) -> None:
         dq, dk, dv = backward_op(grad_out, q, k, v, out, lse, ctx.scale)
         return dq, dk, dv, None
 
-    torch.library.register_autograd(op_name, backward, setup_context=setup_context)
-
-
-def _attention_backward_cuda(grad_out, q, k, v, out, lse, scale):
-    """pydiffuse::attention_backward on CUDA tensors: the Triton kernels (csrc/cuda has the
-    forward only), loaded on first use."""
-    module, why = _dispatch._triton_module()
-    if module is None:
-        raise RuntimeError(f"pydiffuse: attention's backward on CUDA runs the Triton kernel: {why}")
-    return torch.ops.pydiffuse_triton.attention_backward(grad_out, q, k, v, out, lse, scale)
-
-
-if _dispatch._compiled_module()[0] is not None:
-    register_attention_autograd("pydiffuse::attention", torch.ops.pydiffuse.attention_backward)
-    if _dispatch._compiled_module()[0].with_cuda:
-        torch.library.impl("pydiffuse::attention_backward", "CUDA", _attention_backward_cuda)
+    return backward, setup_context

@@ -7,8 +7,8 @@ import numbers
 
 import torch
 
-from . import _dispatch
-from ._checks import FLOAT_DTYPES, check_dtype_backend
+from . import _autograd, _dispatch
+from ._checks import FLOAT_DTYPES
 
 ACTIVATIONS = (None, "silu")
 
@@ -39,8 +39,7 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, scale=None, s
         y, x's shape and dtype (channels_last when x is, on the compiled backends).
     """
     _check(x, num_groups, weight, bias, eps, scale, shift, act)
-    check_dtype_backend(x, _dispatch.current_backend(x.device))
-    y, _, _ = _dispatch.implementation("group_norm", x.device)(
+    y, _, _ = _dispatch.select("group_norm", x.device, x.dtype)(
         x, int(num_groups), weight, bias, scale, shift, float(eps), act == "silu")
     return y
 
@@ -81,19 +80,13 @@ def _check(x, num_groups, weight, bias, eps, scale, shift, act) -> None:
             raise ValueError(f"{name} is on {t.device}, x on {x.device}")
 
 
-def register_group_norm_autograd(op_name: str, backward_op) -> None:
-    """Registers the autograd formula of a group-norm op of ``pydiffuse::group_norm``'s schema
-    ``(x, num_groups, weight?, bias?, scale?, shift?, eps, silu) -> (y, mean, rstd)``.
-
-    Args:
-        op_name: the forward op, e.g. ``"pydiffuse::group_norm"``,
-            ``"pydiffuse_triton::group_norm"``.
-        backward_op: ``(grad_y, x, mean, rstd, num_groups, weight?, bias?, scale?, shift?, silu)
-            -> (grad_x, grad_weight, grad_bias, grad_scale, grad_shift)``, e.g.
-            ``torch.ops.pydiffuse.group_norm_backward`` (gradients of absent parameters empty).
-
-    mean and rstd (the second and third outputs) are not differentiable.
-    """
+@_autograd.formula("group_norm")
+def _group_norm_autograd(namespace):
+    """Through the namespace's ``group_norm_backward(grad_y, x, mean, rstd, num_groups, weight?,
+    bias?, scale?, shift?, silu) -> (grad_x, grad_weight, grad_bias, grad_scale, grad_shift)``
+    (gradients of absent parameters empty); mean and rstd, the second and third outputs, are not
+    differentiable."""
+    backward_op = getattr(torch.ops, namespace).group_norm_backward
 
     def setup_context(ctx, inputs, output):
         x, num_groups, weight, bias, scale, shift, _eps, silu = inputs
@@ -111,9 +104,4 @@ def register_group_norm_autograd(op_name: str, backward_op) -> None:
         grad_params = [g if p is not None else None for g, p in zip(grad_params, params)]
         return grad_x, None, *grad_params, None, None
 
-    torch.library.register_autograd(op_name, backward, setup_context=setup_context)
-
-
-if _dispatch._compiled_module()[0] is not None:
-    register_group_norm_autograd("pydiffuse::group_norm",
-                                 torch.ops.pydiffuse.group_norm_backward)
+    return backward, setup_context

@@ -1,41 +1,8 @@
-"""``randn``: the noise stream N(seed, step, b, j) itself."""
+"""Deprecated alias of ``pydiffuse.ops.randn`` (one module per op); removed in the next release.
+Import the op from ``pydiffuse.ops``."""
 
-import numbers
+from ._moved import warn_moved
+from .randn import randn
 
-import torch
-
-from . import _dispatch
-from ._checks import FLOAT_DTYPES, check_dtype_backend, check_step_index, check_stream_size
-from ._packing import pack_seeds
-
-
-def randn(shape, seed, step=0, *, device=None, dtype=torch.float32):
-    """Standard normal noise, element j of sample b equal to N(seed, step, b, j) on every backend.
-
-    Philox4x32-10 keyed by the seed, counter (j, b, step, 0); Box-Muller on the first two words.
-    One ``seed`` for the batch, or one per sample (then sample b uses key seeds[b], counter
-    b = 0, so its noise follows its own seed wherever it sits in a batch). Independent of the
-    batch size, of memory layout and of the device.
-
-    Args:
-        shape: [B, ...]; j runs over the trailing dimensions in C order.
-        seed: int, or B ints (list or integer tensor).
-        step: the sampler step (a non-negative int).
-
-    Returns:
-        [shape] tensor of ``dtype`` on ``device``.
-    """
-    if isinstance(shape, torch.Size):
-        shape = list(shape)
-    if not isinstance(shape, (list, tuple)) or not shape or not all(
-            isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise ValueError(f"shape must be a non-empty list of non-negative ints, got {shape!r}")
-    if dtype not in FLOAT_DTYPES + (torch.float64,):
-        raise TypeError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
-    check_stream_size(shape)
-    step = check_step_index(step)
-    device = torch.device("cpu" if device is None else device)
-    seeds = pack_seeds(seed, shape[0], device)
-    probe = torch.empty(0, dtype=dtype)
-    check_dtype_backend(probe, _dispatch.current_backend(device))
-    return _dispatch.implementation("randn", device)(seeds, list(shape), step, dtype)
+__all__ = ["randn"]
+warn_moved("pydiffuse.ops.noise", "pydiffuse.ops.randn")

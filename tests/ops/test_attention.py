@@ -2,15 +2,20 @@
 with FlashAttention's tolerance (a kernel's error at most twice PyTorch's own error in the same
 dtype, plus a small atol); gradcheck, opcheck, bad inputs and torch.compile."""
 
+import importlib
 import math
+import pathlib
+import re
 
 import pytest
 import torch
 
-from pydiffuse.ops import attention, backend, reference
+from pydiffuse.ops import _dispatch, attention, backend, reference
 from pydiffuse.ops._dispatch import implementation, unavailable_reason
 from tests.conftest import DEVICE, backend_device
-from tests.ops.helpers import DTYPES
+from tests.ops.helpers import DTYPES, on_triton_device, opcheck_triton, triton_ops
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 # (B, H, Nq, Nk, D): sizes 1, 7, 97, 130; Nq != Nk; several query and key blocks (cpu: 64 x 256).
 SHAPES = ((1, 2, 7, 7, 32), (1, 1, 1, 1, 64), (2, 2, 97, 130, 64), (1, 3, 130, 97, 128),
@@ -225,6 +230,18 @@ def test_head_dims_of_gpu_backends(name):
         attention(q, q, q)
 
 
+def test_head_dims_in_the_capability_table_are_the_kernels():
+    """CAPABILITIES (what the op asks) states the head dims the GPU kernels are built for."""
+    source = (ROOT / "csrc" / "cuda" / "attention.cu").read_text()
+    body = source[source.index("bool attention_supports_head_dim"):].split("}", 1)[0]
+    cuda_dims = tuple(int(d) for d in re.findall(r"head_dim == (\d+)", body))
+    assert _dispatch.CAPABILITIES["cuda"].head_dims == cuda_dims
+    assert _dispatch.CAPABILITIES["cpu"].head_dims is None
+    if not unavailable_reason("triton", TRITON_DEVICE):
+        assert _dispatch.CAPABILITIES["triton"].head_dims == \
+            importlib.import_module("pydiffuse.triton_kernels.attention").HEAD_DIMS
+
+
 BAD_INPUTS = {
     "3-d q": (lambda t: (t[0], t, t), ValueError, "q must be"),
     "5-d k": (lambda t: (t, t[None], t), ValueError, "k must be"),
@@ -280,16 +297,26 @@ TRITON_DEVICE = "cuda" if DEVICE.type == "cuda" else "cpu"
                     reason=unavailable_reason("triton", TRITON_DEVICE) or "triton available")
 @pytest.mark.parametrize("op", ["attention", "attention_backward"])
 def test_opcheck_triton(op):
-    """Under the interpreter only the schema and autograd checks (see test_compile.py)."""
-    import pydiffuse.triton_kernels  # noqa: F401  (registers the ops)
-
+    """Under the interpreter only the schema and autograd checks (tests/ops/helpers.py)."""
     forward_args, backward_args = _opcheck_args()
     args = forward_args if op == "attention" else backward_args
-    args = tuple(a.detach().to(TRITON_DEVICE).requires_grad_(a.requires_grad)
-                 if isinstance(a, torch.Tensor) else a for a in args)
-    limited = {} if TRITON_DEVICE == "cuda" else {
-        "test_utils": ("test_schema", "test_autograd_registration")}
-    torch.library.opcheck(getattr(torch.ops.pydiffuse_triton, op).default, args, **limited)
+    opcheck_triton(getattr(triton_ops(), op).default, on_triton_device(args))
+
+
+@pytest.mark.skipif(bool(unavailable_reason("triton", TRITON_DEVICE)),
+                    reason=unavailable_reason("triton", TRITON_DEVICE) or "triton available")
+def test_cuda_backward_is_the_kernel_the_capability_table_names():
+    """csrc/cuda has attention's forward only: CAPABILITIES["cuda"] names the backend whose
+    attention_backward runs on CUDA tensors, and _dispatch attaches that kernel as
+    pydiffuse::attention_backward's CUDA implementation (when _C has CUDA). The attached callable
+    runs exactly that kernel (here on the interpreter)."""
+    lender = _dispatch.CAPABILITIES["cuda"].backward["attention"]
+    assert lender == "triton"
+    _, backward_args = _opcheck_args()
+    args = on_triton_device(backward_args)
+    borrowed = _dispatch._borrowed("attention_backward", lender)(*args)
+    for got, expected in zip(borrowed, triton_ops().attention_backward(*args)):
+        torch.testing.assert_close(got, expected, atol=0, rtol=0)
 
 
 def _loss(q, k, v):

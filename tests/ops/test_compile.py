@@ -1,55 +1,15 @@
-"""The ops are real torch ops: schema and fake kernels pass opcheck, and a loop of them compiles
-with torch.compile(fullgraph=True)."""
+"""Loops of fused ops, as samplers and trainers write them, compile with
+torch.compile(fullgraph=True), forward and backward. (Each op's opcheck is in its own test file,
+tests/ops/test_<op>.py.)"""
 
 import pytest
 import torch
 
 from pydiffuse.ops import StepCoefs, backend, langevin_step, lincomb, randn, sample_step
-from pydiffuse.ops._dispatch import unavailable_reason
-from tests.conftest import DEVICE
+from tests.conftest import DEVICE, backend_device
+from tests.ops.helpers import NO_DROPPED_GRADIENTS, TOLERANCES, per_sample
 
-X = torch.randn(2, 3, 5, 4)
-TABLE = torch.rand(12, 2)
-SEEDS = torch.tensor([3], dtype=torch.int64)
-
-OPCHECK_CASES = {
-    "sample_step": (torch.ops.pydiffuse.sample_step.default,
-                    (X, X.clone(), None, TABLE, None, SEEDS, 2, True, False, True)),
-    "sample_step_learned_var": (torch.ops.pydiffuse.sample_step.default,
-                                (X, torch.randn(2, 6, 5, 4), torch.randn(2, 6, 5, 4), TABLE,
-                                 torch.randn(2, 3, 5, 4), None, 0, False, True, False)),
-    "lincomb": (torch.ops.pydiffuse.lincomb.default, ([X, X * 2], torch.rand(2, 2))),
-    "langevin_step": (torch.ops.pydiffuse.langevin_step.default,
-                      (X, X * 0.5, torch.rand(2, 2), True, False, None, SEEDS, 1, True)),
-    "randn": (torch.ops.pydiffuse.randn.default, (SEEDS, [2, 7], 4, torch.float32)),
-}
-
-
-@pytest.mark.parametrize("case", OPCHECK_CASES)
-def test_opcheck(case):
-    op, args = OPCHECK_CASES[case]
-    torch.library.opcheck(op, args)
-
-
-TRITON_DEVICE = "cuda" if DEVICE.type == "cuda" else "cpu"
-
-
-@pytest.mark.skipif(bool(unavailable_reason("triton", TRITON_DEVICE)),
-                    reason=unavailable_reason("triton", TRITON_DEVICE) or "triton available")
-@pytest.mark.parametrize("case", OPCHECK_CASES)
-def test_opcheck_triton(case):
-    """Under the interpreter only the schema and autograd checks can run: the fake-tensor checks
-    would run the interpreted kernel on fake storage (wrap_triton hands back the raw kernel)."""
-    import pydiffuse.triton_kernels  # noqa: F401  (registers the ops)
-
-    op, args = OPCHECK_CASES[case]
-    op = getattr(torch.ops.pydiffuse_triton, op._schema.name.split("::")[1]).default
-    args = tuple(a.to(TRITON_DEVICE) if isinstance(a, torch.Tensor) else
-                 [t.to(TRITON_DEVICE) for t in a] if isinstance(a, list) and a and
-                 isinstance(a[0], torch.Tensor) else a for a in args)
-    limited = {} if TRITON_DEVICE == "cuda" else {
-        "test_utils": ("test_schema", "test_autograd_registration")}
-    torch.library.opcheck(op, args, **limited)
+COMPILED_BACKENDS = ["cpu"] + (["cuda", "triton"] if DEVICE.type == "cuda" else [])
 
 
 def _loop(x, out):
@@ -62,8 +22,7 @@ def _loop(x, out):
     return x + randn(list(x.shape), 1, 0, device=x.device)
 
 
-@pytest.mark.parametrize("backend_name", ["cpu"] + (["cuda", "triton"] if DEVICE.type == "cuda"
-                                                     else []))
+@pytest.mark.parametrize("backend_name", COMPILED_BACKENDS)
 def test_fullgraph_compile_of_a_loop(backend_name):
     device = "cpu" if backend_name == "cpu" else "cuda"
     x, out = torch.randn(2, 3, 8, 8, device=device), torch.randn(2, 3, 8, 8, device=device)
@@ -71,3 +30,26 @@ def test_fullgraph_compile_of_a_loop(backend_name):
         expected = _loop(x, out)
         compiled = torch.compile(_loop, fullgraph=True)
         torch.testing.assert_close(compiled(x, out), expected)
+
+
+def _loss(x, out, cx):
+    """A sampler-like chain of every step op; cx a per-sample coefficient."""
+    coefs = StepCoefs(cx=cx, co=-0.3, ex=0.2, e0=0.5, m0=0.9, me=0.4, s=0.1)
+    nxt, x0 = sample_step(x, out, coefs, seed=7, step=1, return_x0=True)
+    nxt = sample_step(nxt, out, StepCoefs(cx=1.0, co=0.5, m0=1.0), clip=0.8)
+    y = lincomb([nxt, x0], [cx, 0.5])
+    return (langevin_step(y, out, 0.01, snr=0.16, seed=7, step=2) ** 2).sum()
+
+
+@NO_DROPPED_GRADIENTS
+@pytest.mark.parametrize("backend_name", COMPILED_BACKENDS)
+def test_fullgraph_compile_gradients(backend_name):
+    device = backend_device("cpu" if backend_name == "cpu" else "cuda")
+    leaves = [torch.randn(2, 3, 4, 4, device=device), torch.randn(2, 3, 4, 4, device=device),
+              per_sample(2, device, 0.5, 1.5)]
+    leaves = [t.requires_grad_() for t in leaves]
+    with backend(backend_name):
+        expected = torch.autograd.grad(_loss(*leaves), leaves)
+        actual = torch.autograd.grad(torch.compile(_loss, fullgraph=True)(*leaves), leaves)
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e, **TOLERANCES[torch.float32])

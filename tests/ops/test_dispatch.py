@@ -3,6 +3,7 @@ errors (never a silent fallback) when a forced backend cannot run."""
 
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -63,3 +64,44 @@ def test_info_command_reports_backends():
     assert result.returncode == 0, result.stderr
     for name in ops.BACKENDS:
         assert name in result.stdout
+
+
+def test_compiled_kernels_read_the_coefficient_rows_that_python_packs():
+    """The row order is written once per language (csrc/common/step.h, ops/_packing.py); _C
+    reports its order and loading it checks the two agree: a clear ImportError if not."""
+    import pydiffuse._C as compiled
+    from pydiffuse.ops import _dispatch, _packing
+
+    assert tuple(compiled.step_coef_names) == _packing.STEP_ROW_NAMES
+    assert tuple(compiled.langevin_coef_names) == _packing.LANGEVIN_COEF_NAMES
+    _dispatch.check_packed_layout(compiled)
+    swapped = types.SimpleNamespace(
+        step_coef_names=("co", "cx") + _packing.STEP_ROW_NAMES[2:],
+        langevin_coef_names=_packing.LANGEVIN_COEF_NAMES)
+    with pytest.raises(ImportError, match=r"sample_step's coefficient rows .*\('co', 'cx'"):
+        _dispatch.check_packed_layout(swapped)
+    with pytest.raises(ImportError, match="langevin_step's coefficient rows in the order unknown"):
+        _dispatch.check_packed_layout(types.SimpleNamespace(
+            step_coef_names=_packing.STEP_ROW_NAMES))
+
+
+@pytest.mark.parametrize("name", ops.BACKENDS)
+def test_capability_table_covers_every_backend(name):
+    """The ops ask _dispatch.CAPABILITIES what the chosen backend runs: float64 only on the
+    reference backend, the GPU kernels' head dims; a refusal names the argument."""
+    from pydiffuse.ops import _dispatch
+
+    cap = _dispatch.CAPABILITIES[name]
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        _dispatch.check_supported(name, dtype=dtype, head_dim=64, terms=4)
+    if name == "reference":
+        _dispatch.check_supported(name, dtype=torch.float64)
+    else:
+        with pytest.raises(TypeError, match="float64 runs on the reference backend only"):
+            _dispatch.check_supported(name, dtype=torch.float64)
+    if cap.head_dims is not None:
+        with pytest.raises(ValueError, match=f"head dim D = 40 is not supported by the "
+                                             f"'{name}' backend"):
+            _dispatch.check_supported(name, dtype=torch.float32, head_dim=40)
+    for op, lender in cap.backward.items():
+        assert lender in ops.BACKENDS and lender != name, (op, lender)

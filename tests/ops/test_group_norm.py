@@ -9,7 +9,7 @@ import torch
 from pydiffuse.ops import _dispatch, backend, group_norm, reference
 from pydiffuse.ops._dispatch import unavailable_reason
 from tests.conftest import DEVICE, backend_device
-from tests.ops.helpers import DTYPES, TOLERANCES
+from tests.ops.helpers import DTYPES, TOLERANCES, on_triton_device, opcheck_triton, triton_ops
 
 # (shape, groups): 0-3 spatial dims, odd sizes, batch 1, G = C (groups of one channel), G = 1,
 # a spatial size past one 2048-element block, and a UNet-sized case.
@@ -346,17 +346,11 @@ TRITON_DEVICE = "cuda" if DEVICE.type == "cuda" else "cpu"
                     reason=unavailable_reason("triton", TRITON_DEVICE) or "triton available")
 @pytest.mark.parametrize("case", OPCHECK_CASES)
 def test_opcheck_triton(case):
-    """Under the interpreter only the schema and autograd checks run (see test_compile.py)."""
-    import pydiffuse.triton_kernels  # noqa: F401  (registers the ops)
-
-    def to(a):
-        return a.to(TRITON_DEVICE) if isinstance(a, torch.Tensor) else a
-    args = tuple(to(a) for a in OPCHECK_CASES[case])
-    limited = {} if TRITON_DEVICE == "cuda" else {
-        "test_utils": ("test_schema", "test_autograd_registration")}
-    torch.library.opcheck(torch.ops.pydiffuse_triton.group_norm.default, args, **limited)
-    torch.library.opcheck(torch.ops.pydiffuse_triton.group_norm_backward.default,
-                          tuple(to(a) for a in _backward_args(OPCHECK_CASES[case])), **limited)
+    """Under the interpreter only the schema and autograd checks run (tests/ops/helpers.py)."""
+    ops = triton_ops()
+    opcheck_triton(ops.group_norm.default, on_triton_device(OPCHECK_CASES[case]))
+    opcheck_triton(ops.group_norm_backward.default,
+                   on_triton_device(_backward_args(OPCHECK_CASES[case])))
 
 
 @pytest.mark.skipif(bool(unavailable_reason("cpu", "cpu")), reason="pydiffuse._C not built")

@@ -1,4 +1,5 @@
-"""The noise stream N(seed, step, b, j): its statistics, and that it is one function everywhere."""
+"""The noise stream N(seed, step, b, j): its statistics, that it is one function everywhere, and
+opcheck of the randn ops."""
 
 import math
 
@@ -8,7 +9,7 @@ import torch
 from pydiffuse.ops import StepCoefs, backend, randn, sample_step
 from pydiffuse.ops.reference import philox4x32
 from tests.conftest import backend_device
-from tests.ops.helpers import make
+from tests.ops.helpers import make, needs_triton, on_triton_device, opcheck_triton, triton_ops
 
 N = 1 << 18
 
@@ -100,3 +101,17 @@ def test_low_precision_is_the_rounded_stream(backend_name, dtype):
     ulp = torch.finfo(dtype).eps
     torch.testing.assert_close(randn([2, 77], 1, device=device, dtype=dtype), z32.to(dtype),
                                atol=1e-6, rtol=ulp)
+
+
+OPCHECK_CASES = {"randn": (torch.tensor([3], dtype=torch.int64), [2, 7], 4, torch.float32)}
+
+
+@pytest.mark.parametrize("case", OPCHECK_CASES)
+def test_opcheck(case):
+    torch.library.opcheck(torch.ops.pydiffuse.randn.default, OPCHECK_CASES[case])
+
+
+@needs_triton
+@pytest.mark.parametrize("case", OPCHECK_CASES)
+def test_opcheck_triton(case):
+    opcheck_triton(triton_ops().randn.default, on_triton_device(OPCHECK_CASES[case]))

@@ -1,0 +1,7 @@
+"""``python -m pydiffuse.bench``: the same as ``pydiffuse bench``."""
+
+import sys
+
+from .harness import main
+
+sys.exit(main(prog="python -m pydiffuse.bench"))
