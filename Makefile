@@ -7,11 +7,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
-DEPS := triton numpy tqdm pytest matplotlib Pillow pyyaml diffusers scikit-learn safetensors pybind11 ninja cmake "setuptools>=77" wheel
+DEPS := triton numpy tqdm pytest matplotlib Pillow pyyaml diffusers scikit-learn safetensors pybind11 ninja cmake "setuptools>=77" wheel "import-linter>=2.17"
 
 .PHONY: demo test build clean
 
-$(VENV)/.stamp-deps:
+# (re-run when this file changes, so a venv made before a new entry of DEPS gets it)
+$(VENV)/.stamp-deps: Makefile
 	@if $(PYTHON) -c "import sys, torch; sys.exit(0 if torch.version.cuda else 1)" 2>/dev/null; then \
 		echo "using the CUDA torch of $(PYTHON)"; $(PYTHON) -m venv --system-site-packages $(VENV); \
 	else \

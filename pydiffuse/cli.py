@@ -75,6 +75,13 @@ def _configs_epilog() -> str:
     return "\n".join(lines) + "\n\n" + EPILOG
 
 
+def _samplers_epilog(samplers) -> str:
+    """Every registered sampler, one a line: its algorithm and paper."""
+    width = max(map(len, samplers)) + 2
+    lines = [f"  {name:<{width}}{s.title} ({s.paper})" for name, s in samplers.items()]
+    return "samplers (--sampler NAME):\n" + "\n".join(lines) + "\n\n"
+
+
 def _models_epilog() -> str:
     from pydiffuse.pipeline import SHIPPED
 
@@ -159,7 +166,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from pydiffuse import images, pipeline
+    from pydiffuse import images, loading
 
     at_least(args, {"n": 1, "steps": 1})
     check_seed(args.seed)
@@ -169,7 +176,7 @@ def cmd_sample(args) -> int:
     images.sample_format(args.out)
     check_writable(args.out, "--out")
     check_device(args.device)
-    pipe = pipeline.load(args.ckpt, device=args.device)
+    pipe = loading.load(args.ckpt, device=args.device)
     check_labels_for(pipe, labels, args.guidance, args.ckpt)
     options = {"sampler": args.sampler} if args.sampler else {}
     start = time.perf_counter()
@@ -203,7 +210,7 @@ def cmd_likelihood(args) -> int:
 
     import torch
 
-    from pydiffuse import likelihood, lsgm, pipeline
+    from pydiffuse import likelihood, loading, lsgm, pipeline
     from pydiffuse.sde import VPSDE
 
     at_least(args, {"n": 1, "batch_size": 1, "steps": 1, "bins": 2})
@@ -215,7 +222,7 @@ def cmd_likelihood(args) -> int:
         require(Path(args.data).is_file(), f"--data {args.data}: no such file (give 'digits' or "
                  f"an .npz of 8-bit images)")
     check_device(args.device)
-    pipe = pipeline.load(args.ckpt, device=args.device)
+    pipe = loading.load(args.ckpt, device=args.device)
     is_lsgm = isinstance(pipe, lsgm.LSGMPipeline)
     args.method = args.method or ("nelbo" if is_lsgm else "vlb")
     if is_lsgm != (args.method == "nelbo"):
@@ -342,15 +349,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="replace the run already in the run directory (removed once this "
                             "run's first checkpoint is written)")
     train.set_defaults(func=cmd_train)
+    from pydiffuse.samplers import SAMPLERS
+
     models = {"formatter_class": _Formatter, "epilog": _models_epilog()}
     smp = sub.add_parser("sample", help="sample a trained checkpoint into a PNG grid or .npz",
                          description="Sample a model (a shipped one, a checkpoint or a run "
                          "directory) with any sampler into a PNG grid (8 per row) or an .npz "
-                         "(x [N, ...] in [-1, 1]; y, the labels, with --labels).", **models)
+                         "(x [N, ...] in [-1, 1]; y, the labels, with --labels).",
+                         **dict(models, epilog=_samplers_epilog(SAMPLERS) + models["epilog"]))
     smp.add_argument("--ckpt", required=True,
                      help="a checkpoint, a run directory, 'digits' or 'lsgm'")
-    smp.add_argument("--sampler", help="ddpm, ddim, ald, pc, ode, euler, heun, dpmpp_2m "
-                     "(default the config's)")
+    smp.add_argument("--sampler", choices=list(SAMPLERS), metavar="NAME",
+                     help=f"{', '.join(SAMPLERS)} (listed below; default the config's)")
     smp.add_argument("--steps", type=int, help="sampler steps, >= 1 (default the config's)")
     smp.add_argument("--n", type=int, default=64, help="number of samples (>= 1)")
     smp.add_argument("--seed", type=int, default=0, help="the noise stream's seed (64-bit)")

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from . import images
-from .pipeline import load
+from .loading import load
+from .samplers import SAMPLERS
 from .stats import digits_scorer
 
 # (row label, model, sampler, options): what the demo runs, each on the same n samples and seed;
@@ -89,6 +90,9 @@ def run(ckpt=None, *, n: int = 400, seed: int = 0, out="demo_digits.png", log=pr
         f"predicted labels (ln 10 = {np.log(10):.3f}; target >= {0.95 * np.log(10):.3f}); "
         f"Frechet distance to held-out digits in the classifier's features (target <= 2x the "
         f"real figure, {2 * ref['real']['frechet']:.2f})")
+    used = dict.fromkeys(sampler for _, _, sampler, _ in CASES)
+    log("samplers: " + "; ".join(f"{name}, {SAMPLERS[name].title} ({SAMPLERS[name].paper})"
+                                 for name in used))
     path = images.save_png(_labelled_grid(pictures), out)
     log(f"grid: {path}; demo done in {time.perf_counter() - start:.0f} s")
     return rows

@@ -1,21 +1,27 @@
-"""``pydiffuse.load``: a trained model with its process and prediction, ready to sample."""
+"""``Pipeline``: a trained model with its process and prediction, ready to sample (what
+``pydiffuse.load`` returns; ``load`` and ``export`` are ``pydiffuse.loading``'s, which builds
+an LSGM checkpoint's ``pydiffuse.lsgm.LSGMPipeline`` too)."""
 
 import numbers
 from pathlib import Path
 
 import torch
 
-from . import config as run_config
 from .predictions import x0_coefs
+from .samplers import SAMPLERS
 from .samplers import sample as sample_with
 from .schedules import geometric_sigmas
 from .sde import VPSDE
-from .training.checkpoint import latest_checkpoint, read_weights, write_manifest
+from .utils import MovedNames
 
-SDE_SAMPLERS = ("pc", "ode")
 # the models shipped in the package: the pixel-space digits UNet (configs/digits.yaml) and the
 # digits LSGM (configs/lsgm.yaml)
 SHIPPED = {name: Path(__file__).parent / "weights" / name for name in ("digits", "lsgm")}
+
+# load, export -> pydiffuse.loading (which imports this module and pydiffuse.lsgm, a subclass of
+# Pipeline, so this module cannot import it back): deprecated aliases here, registered by
+# pydiffuse/__init__.py
+__getattr__ = MOVED = MovedNames(__name__)
 
 
 class IndexTime:
@@ -64,9 +70,10 @@ class Pipeline:
     ``pipe.sample(n, sampler="ddim", steps=50, seed=0, **options)`` returns n samples in
     [-1, 1] (clamped) of the data's shape; class-conditional models sample unconditionally (the
     null label) unless ``labels`` are given, with classifier-free guidance ``guidance = 1 + w``.
-    A model trained on DDPM's linear schedule also runs the SDE samplers ("pc", "ode") on the VP
-    SDE whose chain that schedule is (``VPSDE.from_discrete``), and a discrete model runs "ald"
-    on ``levels`` (default 10) geometric noise levels spanning its own (``LadderView``).
+    A sampler that does not run on a discrete schedule (its registry entry's ``processes``)
+    gets the model in a view it does: an SDE sampler ("pc", "ode") the VP SDE whose chain a
+    linear schedule is (``VPSDE.from_discrete``), a ladder sampler ("ald") ``levels`` (default
+    10) geometric noise levels spanning the model's own (``LadderView``).
     """
 
     default_sampler = "ddim"
@@ -106,9 +113,10 @@ class Pipeline:
             raise ValueError("this model is not class-conditional: it takes no labels or "
                              "guidance")
         model, process, prediction = self.model, self.process, self.prediction
-        if sampler in SDE_SAMPLERS and process.kind == "discrete":
+        kinds = SAMPLERS[sampler].processes if sampler in SAMPLERS else ("discrete",)
+        if process.kind == "discrete" and "discrete" not in kinds and "sde" in kinds:
             model, process = IndexTime(model, len(process)), VPSDE.from_discrete(process)
-        if sampler == "ald" and process.kind == "discrete":
+        elif process.kind == "discrete" and "discrete" not in kinds and "ladder" in kinds:
             sigma_min, sigma_max = process.sigma_range[1], process.sigma_range[0]
             model = LadderView(model, process, prediction)
             process = geometric_sigmas(sigma_max, sigma_min, opts.pop("levels", 10))
@@ -162,64 +170,3 @@ def _labels(labels, n: int, device, num_classes: int | None = None) -> torch.Ten
         raise ValueError(f"labels must be class indices in {where}, got "
                          f"{sorted(set(bad.tolist()))[:8]}")
     return y.expand(n)
-
-
-def _event_shape(kwargs: dict) -> tuple:
-    """A sample's shape from the model's constructor keywords (UNet: C, H, W; MLP: D)."""
-    if "image_size" in kwargs and "in_channels" in kwargs:
-        return (kwargs["in_channels"], kwargs["image_size"], kwargs["image_size"])
-    if "dim" in kwargs:
-        return (kwargs["dim"],)
-    raise ValueError("cannot tell the data shape from the model's configuration")
-
-
-def load(path, *, device=None, ema: bool = True) -> Pipeline:
-    """A ``Pipeline`` from a checkpoint directory (or a run directory: its newest checkpoint), or
-    a shipped model by name ("digits", "lsgm"); an LSGM checkpoint gives a
-    ``pydiffuse.lsgm.LSGMPipeline`` (same ``sample``, latent samplers "ode" and "pc", decoded
-    images).
-
-    Args:
-        path: ``<run_dir>/step_<N>``, ``<run_dir>``, or a name of ``SHIPPED``.
-        device: where the model goes (default the CPU).
-        ema: use the EMA weights (the slowest rate) when the checkpoint has them.
-    """
-    if isinstance(path, str) and path in SHIPPED:
-        path = SHIPPED[path]
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        newest = latest_checkpoint(path) if path.is_dir() else None
-        if newest is None:
-            raise FileNotFoundError(f"{path}: not a checkpoint or a run directory with one (or "
-                                    f"a shipped model: {', '.join(SHIPPED)})")
-        path = newest
-    weights, config = read_weights(path, ema)
-    model, model_kwargs = run_config.build_model(config)
-    model.load_state_dict(weights)
-    model.to(device or "cpu").eval()
-    if config["model"].get("preset") == "lsgm":
-        from .lsgm import LSGMPipeline
-
-        return LSGMPipeline(model, config)
-    return Pipeline(model, run_config.build_process(config), config.get("prediction", "eps"),
-                    config, _event_shape(model_kwargs))
-
-
-def export(path, out_dir, *, ema: bool = True) -> Path:
-    """A checkpoint reduced to what ``load`` needs: model.safetensors (the EMA weights when
-    ``ema``), config.json and their manifest.json (checksums, verified by ``load``); how the
-    shipped models were made from their training runs."""
-    import json
-
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        path = latest_checkpoint(path) or path
-    weights, config = read_weights(path, ema)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in weights.items()}, out / "model.safetensors")
-    (out / "config.json").write_text(json.dumps(config, indent=1))
-    write_manifest(out)
-    return out

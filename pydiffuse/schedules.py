@@ -7,6 +7,12 @@ A *process* tells a sampler its marginals x_t = a x_0 + sigma eps: ``marginal(t)
 for the process's own time t (the step index here, sigma for a ladder, t in [0, 1] for an SDE),
 ``prior_std``, and for the EDM-style samplers the noise level ``sigma = std / scale`` of each
 time (``sigma_range``, ``sigma_to_time``).
+
+A ``DiscreteSchedule`` also holds the math of its reverse process and variational bound, as
+improved-diffusion's ``GaussianDiffusion`` does (``q_posterior_mean_variance``,
+``p_mean_variance``, ``_vb_terms_bpd``): ``posterior``, ``reverse_table``, ``gather_rows``,
+``p_mean_logvar``, ``vlb_terms``, ``prior_kl``; the DDPM sampler, ``pydiffuse.likelihood.vlb``
+and the iDDPM objectives all use them.
 """
 
 import math
@@ -16,8 +22,11 @@ from collections.abc import Sequence
 import torch
 
 from .ops import lincomb
+from .predictions import x0_coefs
+from .utils import per_sample
 
 SPACINGS = ("uniform", "quad", "leading", "trailing", "linspace")
+VARIANCES = ("fixed_small", "fixed_large", "learned_range")
 
 
 def _float64(values, name: str) -> torch.Tensor:
@@ -179,6 +188,122 @@ class DiscreteSchedule:
         """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) noise; t: [B] time indices."""
         a, s = self.marginal(t)
         return lincomb([x0, noise], [a.to(x0.device), s.to(x0.device)])
+
+    # -- the reverse process and the variational bound (MATH.md section 1) ------------------
+    def reverse_table(self, prediction: str, variance: str) -> dict:
+        """Per-position float64 [K] columns of the reverse kernel p(x_{t-1} | x_t) on this
+        (respaced) schedule: the DDPM ancestral step and the VLB's terms.
+
+        x0 = cx x + co out;  x_{t-1} = c0 x0 + ct x_t + std z (columns m0 = c0, mx = ct, s),
+        c0 = sqrt(ab_prev) beta_t / (1 - ab_t), ct = sqrt(alpha_t) (1 - ab_prev) / (1 - ab_t),
+        std^2 = beta~_t ("fixed_small"), beta_t ("fixed_large"), or the learned range between
+        log beta~_t (clipped, ``log_lo``) and log beta_t (``log_hi``); std = 0 at the last step.
+        Also ``var`` (the fixed variance), and (a, sigma) of the marginal q(x_t | x_0).
+        """
+        if variance not in VARIANCES:
+            raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
+        post = self.posterior()
+        a, s = self.alphas_cumprod.sqrt(), (1 - self.alphas_cumprod).sqrt()
+        cx, co = x0_coefs(prediction, a, s)
+        if variance == "fixed_small":
+            var = post["variance"]
+        elif variance == "fixed_large":
+            var = torch.cat([post["variance"][1:2], self.betas[1:]]) if len(self) > 1 \
+                else self.betas.clone()
+        else:
+            var = torch.zeros_like(self.betas)      # per element: the model's learned range
+        std = 1.0 if variance == "learned_range" else var.sqrt()
+        nonzero = (torch.arange(len(self)) > 0).to(torch.float64)
+        return {"cx": cx, "co": co, "m0": post["coef_x0"], "mx": post["coef_xt"],
+                "s": std * nonzero, "var": var, "log_lo": post["log_variance_clipped"],
+                "log_hi": self.betas.log(), "a": a, "sigma": s}
+
+    @staticmethod
+    def gather_rows(columns: dict, pos: torch.Tensor, x: torch.Tensor) -> dict:
+        """Each column (of ``reverse_table``) at each example's position, broadcast over x's
+        trailing dimensions (improved-diffusion's _extract_into_tensor)."""
+        return {k: per_sample(v[pos.cpu()], x) for k, v in columns.items()}
+
+    @staticmethod
+    def q_posterior_mean_logvar(rows: dict, x0, x_t):
+        """The true posterior q(x_{t-1} | x_t, x_0) = N(mean, exp(log_var)) from ``gather_rows``
+        rows: mean = c0 x_0 + ct x_t, log_var = log beta~_t (clipped)."""
+        return rows["m0"] * x0 + rows["mx"] * x_t, rows["log_lo"]
+
+    @staticmethod
+    def p_mean_logvar(rows: dict, out, x_t, variance: str, clip=None):
+        """The model's reverse kernel p(x_{t-1} | x_t) = N(mean, exp(log_var)).
+
+        Args:
+            rows: ``gather_rows`` of ``reverse_table``.
+            out: [B, C, ...] the model output, [B, 2C, ...] for "learned_range" (second half v:
+                log Sigma = f log beta_t + (1 - f) log beta~_t, f = (v + 1) / 2).
+            x_t: [B, C, ...].
+            clip: clamp x0^ to [-clip, clip].
+
+        Returns:
+            (mean, log_var, x0^), each x_t's shape.
+        """
+        c = x_t.shape[1]
+        pred = out[:, :c] if variance == "learned_range" else out
+        x0 = rows["cx"] * x_t + rows["co"] * pred
+        if clip is not None:
+            x0 = x0.clamp(-clip, clip)
+        mean = rows["m0"] * x0 + rows["mx"] * x_t
+        if variance == "learned_range":
+            log_var = rows["log_lo"] + (out[:, c:] + 1) / 2 * (rows["log_hi"] - rows["log_lo"])
+        elif variance == "fixed_small":
+            log_var = rows["log_lo"].expand_as(x_t)
+        else:
+            log_var = rows["var"].log().expand_as(x_t)
+        return mean, log_var, x0
+
+    @staticmethod
+    def vlb_terms(rows: dict, x0, x_t, pos, mean, log_var, bins: int = 256) -> torch.Tensor:
+        """L_{t-1} (t > 1: the Gaussian KL of the true posterior to the model's N(mean,
+        exp(log_var))) or L_0 (position 0: the discretized-Gaussian NLL of x_0 on ``bins``
+        levels), summed over dimensions: [B] nats."""
+        true_mean, true_log_var = DiscreteSchedule.q_posterior_mean_logvar(rows, x0, x_t)
+        kl = normal_kl(true_mean, true_log_var, mean, log_var).flatten(1).sum(1)
+        nll = -discretized_gaussian_log_likelihood(x0, mean, 0.5 * log_var, bins).flatten(1).sum(1)
+        return torch.where(pos.to(x0.device) == 0, nll, kl)
+
+    def prior_kl(self, x0: torch.Tensor) -> torch.Tensor:
+        """L_T = KL(q(x_T | x_0) || N(0, I)) summed over dimensions, [B] nats."""
+        a, s = self.marginal(self.timesteps[-1:])
+        zero = torch.zeros((), dtype=x0.dtype, device=x0.device)
+        kl = normal_kl(float(a) * x0, torch.full_like(x0, math.log(float(s) ** 2)), zero, zero)
+        return kl.flatten(1).sum(1)
+
+
+def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
+    """KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))) elementwise (broadcast)."""
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2)
+                  + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+
+
+def discretized_gaussian_log_likelihood(x, mean, log_scale, bins: int = 256) -> torch.Tensor:
+    """log P(bin of x) under N(mean, exp(log_scale)^2), elementwise: the bin [x - w, x + w],
+    w = 1 / (bins - 1), of data on ``bins`` levels of [-1, 1] (8-bit: 256, w = 1/255; the
+    digits: 17), the outer bins extended to -inf (the level -1) and +inf (the level 1)
+    (Ho et al. 2020, eq. 13).
+
+    Computed in log space, log(Phi(b) - Phi(a)) = log Phi(b) + log(-expm1(log Phi(a) - log
+    Phi(b))) on the lower-tail side of the bin, so far-tail bins keep their true (tiny) mass;
+    improved-diffusion uses a tanh approximation of Phi and clamps the mass at 1e-12.
+    """
+    if isinstance(bins, bool) or not isinstance(bins, numbers.Integral) or bins < 2:
+        raise ValueError(f"bins must be an int >= 2 (the data's levels), got {bins!r}")
+    half = 1 / (bins - 1)
+    inv_std = torch.exp(-log_scale)
+    upper = (x - mean + half) * inv_std
+    lower = (x - mean - half) * inv_std
+    flip = lower > 0                          # Phi(u) - Phi(l) = Phi(-l) - Phi(-u)
+    log_hi = torch.special.log_ndtr(torch.where(flip, -lower, upper))
+    log_lo = torch.special.log_ndtr(torch.where(flip, -upper, lower))
+    inner = log_hi + torch.log(-torch.expm1(log_lo - log_hi))
+    return torch.where(x < -1 + half, torch.special.log_ndtr(upper),
+                       torch.where(x > 1 - half, torch.special.log_ndtr(-lower), inner))
 
 
 def space_timesteps(num_timesteps: int, spec) -> list:

@@ -10,15 +10,11 @@ import math
 import torch
 
 from .ops import randn
+from .utils import per_sample
 
 
 def _time(t) -> torch.Tensor:
     return torch.as_tensor(t, dtype=torch.float64).reshape(-1).cpu()
-
-
-def _per_sample(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A [B] coefficient broadcast over x's trailing dimensions, in x's dtype and device."""
-    return coef.to(device=x.device, dtype=x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
 
 
 class SDE:
@@ -76,17 +72,17 @@ class SDE:
     def sde(self, x: torch.Tensor, t):
         """(drift f(t) x, diffusion g(t) as [B])."""
         t = _time(t)
-        return _per_sample(self.drift_coef(t), x) * x, self.diffusion(t).to(x.device, x.dtype)
+        return per_sample(self.drift_coef(t), x) * x, self.diffusion(t).to(x.device, x.dtype)
 
     def marginal_prob(self, x0: torch.Tensor, t):
         """(mean a(t) x0, std(t) as [B])."""
         a, s = self.marginal(_time(t))
-        return _per_sample(a, x0) * x0, s.to(x0.device, x0.dtype)
+        return per_sample(a, x0) * x0, s.to(x0.device, x0.dtype)
 
     def discretize(self, x: torch.Tensor, t):
         """(f_i x, G_i as [B]) of the discretized forward process."""
         f, g = self.discretize_coefs(_time(t))
-        return _per_sample(f, x) * x, g.to(x.device, x.dtype)
+        return per_sample(f, x) * x, g.to(x.device, x.dtype)
 
     def prior_sampling(self, shape, seed=0, *, device=None, dtype=torch.float32) -> torch.Tensor:
         """x_T ~ N(0, prior_std^2 I) from the noise stream at step 0."""
@@ -113,7 +109,7 @@ class ReverseSDE:
         drift, g = self.forward.sde(x, t)
         weight = 0.5 if self.probability_flow else 1.0
         tt = _time(t).to(device=x.device, dtype=torch.float32).expand(len(x))
-        drift = drift - weight * _per_sample(g * g, x) * self.score_fn(x, tt)
+        drift = drift - weight * per_sample(g * g, x) * self.score_fn(x, tt)
         return drift, (torch.zeros_like(g) if self.probability_flow else g)
 
     def discretize(self, x: torch.Tensor, t):
@@ -122,7 +118,7 @@ class ReverseSDE:
         f, g = self.forward.discretize(x, t)
         weight = 0.5 if self.probability_flow else 1.0
         tt = _time(t).to(device=x.device, dtype=torch.float32).expand(len(x))
-        f = f - weight * _per_sample(g * g, x) * self.score_fn(x, tt)
+        f = f - weight * per_sample(g * g, x) * self.score_fn(x, tt)
         return f, (torch.zeros_like(g) if self.probability_flow else g)
 
 

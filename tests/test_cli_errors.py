@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from pydiffuse import cli, cli_checks, config, demo, images, lsgm, pipeline
+from pydiffuse import cli, cli_checks, config, demo, images, loading, lsgm, pipeline
 from pydiffuse.pipeline import SHIPPED
 from pydiffuse.training import checkpoint
 
@@ -233,7 +233,7 @@ def test_outputs_are_checked_before_any_work(files, monkeypatch, capsys):
     def must_not_run(*args, **kwargs):
         raise AssertionError("reached the work before checking the output")
 
-    monkeypatch.setattr(pipeline, "load", must_not_run)
+    monkeypatch.setattr(loading, "load", must_not_run)
     monkeypatch.setattr(demo, "run", must_not_run)
     unwritable = str(files["file"] / "x.png")
     for argv in (["sample", "--ckpt", "digits", "--out", unwritable],
@@ -282,7 +282,7 @@ def test_a_full_disk_during_a_save_is_one_line(files, tmp_path, monkeypatch, cap
         one_line(capsys.readouterr().err, "could not write a checkpoint", str(run_dir), needle,
                  "free")
         assert checkpoint.latest_checkpoint(run_dir).name == "step_0000001"
-        pipeline.load(run_dir)                   # intact: its manifest checks out
+        loading.load(run_dir)                   # intact: its manifest checks out
     # writing the samples: the same, naming --out
     with monkeypatch.context() as m:
         m.setattr(images.np, "savez", full)
@@ -295,7 +295,7 @@ def test_ctrl_c_is_one_line_and_130(monkeypatch, capsys, tmp_path):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "load", interrupted)
+    monkeypatch.setattr(loading, "load", interrupted)
     assert cli.main(["sample", "--ckpt", "x", "--out", str(tmp_path / "x.png")]) == 130
     one_line(capsys.readouterr().err, "interrupted")
 
@@ -304,10 +304,10 @@ def test_bugs_keep_their_traceback(monkeypatch, tmp_path):
     def bug(*args, **kwargs):
         return torch.zeros(2) + torch.zeros(3)     # torch's RuntimeError: not a user error
 
-    monkeypatch.setattr(pipeline, "load", bug)
+    monkeypatch.setattr(loading, "load", bug)
     with pytest.raises(RuntimeError, match="size of tensor"):
         cli.main(["sample", "--ckpt", "x", "--out", str(tmp_path / "x.png")])
-    monkeypatch.setattr(pipeline, "load", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(loading, "load", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         cli.main(["sample", "--ckpt", "x", "--out", str(tmp_path / "x.png")])
 
@@ -365,7 +365,7 @@ def test_help_says_what_each_command_does(capsys):
 
 @needs_shipped
 def test_pipeline_refuses_bad_labels():
-    pipe = pipeline.load("digits")
+    pipe = loading.load("digits")
     bad = [([10], "[0, 10)"), ([-1], "[0, 10)"), ([1.7, 2.0], "integer"),
            (torch.tensor([1.0, 2.0]), "integer"), ([True, False], "integer"), ("a", "integer"),
            ([1, 2, 3], "one per sample (2)"), ([], "one per sample"),
@@ -381,7 +381,7 @@ def test_pipeline_refuses_bad_labels():
     # good: one label for all, one per sample (list, tensor)
     for labels in (3, [3], [1, 9], torch.tensor([0, 9]), torch.tensor([4], dtype=torch.int32)):
         assert pipe.sample(2, sampler="ddim", steps=1, labels=labels).shape == (2, 1, 8, 8)
-    lsgm_pipe = pipeline.load("lsgm")
+    lsgm_pipe = loading.load("lsgm")
     assert isinstance(lsgm_pipe, lsgm.LSGMPipeline)
     for labels in ([1], [10], [1.5], 1):
         with pytest.raises(ValueError, match="labels"):

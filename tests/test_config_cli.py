@@ -15,7 +15,7 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
-from pydiffuse import cli, config, pipeline, training
+from pydiffuse import cli, config, loading, training
 from pydiffuse.training import CheckpointError
 from pydiffuse.training.checkpoint import checkpoints, latest_checkpoint
 
@@ -64,7 +64,7 @@ def test_resume_continues_the_run(tmp_path):
 def test_digits_unet_grid_and_class_conditional_pipeline(tmp_path):
     cfg = config.load_config(write(tmp_path, DIGITS))
     config.train_from_config(cfg, tmp_path / "run", progress=False)
-    pipe = pipeline.load(tmp_path / "run")
+    pipe = loading.load(tmp_path / "run")
     assert pipe.event_shape == (1, 8, 8) and pipe.prediction == "eps"
     x = pipe.sample(6, seed=1)
     assert x.shape == (6, 1, 8, 8) and x.abs().max() <= 1
@@ -98,9 +98,9 @@ def test_load_refuses_a_damaged_checkpoint(tmp_path):
     ckpt = tmp_path / "run" / "step_0000005"
     (ckpt / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="config.json"):
-        pipeline.load(ckpt)
+        loading.load(ckpt)
     with pytest.raises(FileNotFoundError):
-        pipeline.load(tmp_path / "nowhere")
+        loading.load(tmp_path / "nowhere")
 
 
 # -- reproducible fresh runs, exact resume, and a run directory that already holds a run -------
@@ -196,7 +196,7 @@ def test_cli_refuses_a_used_run_dir_and_overwrites_it(tmp_path, capsys):
     assert cli.main(["train", cfg_path, "--run-dir", str(tmp_path / "fresh")]) == 0
     assert_same_run(run_result(run), run_result(tmp_path / "fresh"))
     # and `load` serves the new model
-    pipe = pipeline.load(run)
+    pipe = loading.load(run)
     new = load_file(tmp_path / "fresh" / "step_0000005" / "ema_0.9.safetensors")
     for k, v in pipe.model.state_dict().items():
         assert torch.equal(v, new[k]), k

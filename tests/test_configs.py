@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pydiffuse import config, pipeline
+from pydiffuse import config, loading
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 
@@ -19,7 +19,7 @@ def test_config_trains_and_samples(path, tmp_path):
     assert trainer.step == 2 and all(torch.isfinite(torch.tensor(trainer.history)))
     if cfg["objective"]["type"] == "classifier":
         return
-    pipe = pipeline.load(tmp_path)
+    pipe = loading.load(tmp_path)
     sampler = cfg.get("sample", {}).get("sampler")
     # pc on VP: the chain needs N > beta_max; ode: adaptive RK45 (LSGM's latent ODE)
     steps = {"ald": 1, "pc": 25, "ode": None}.get(sampler, 2)

@@ -8,7 +8,7 @@ import torch
 import yaml
 from PIL import Image
 
-from pydiffuse import config, demo, pipeline, schedules, sde
+from pydiffuse import config, demo, loading, schedules, sde
 from pydiffuse.pipeline import SHIPPED
 
 TINY = {"name": "tiny", "model": {"preset": "digits", "model_channels": 16, "num_groups": 4},
@@ -28,6 +28,7 @@ def test_demo_runs_every_sampler_and_writes_the_grid(tmp_path):
     nfe = {r["sampler"]: r["nfe"] for r in rows}
     assert nfe["DDIM-50"] == 50 and nfe["CFG DDIM-50 (guidance 2, labels 0-9)"] == 100  # 2 a step
     assert any("reference: real digits" in line for line in lines)
+    assert any(line.startswith("samplers: ddpm, DDPM ancestral sampling (Ho") for line in lines)
     with Image.open(tmp_path / "g.png") as img:
         assert img.size[0] == 20 * 33 + 1 and img.size[1] > len(demo.CASES) * 33
 
@@ -47,7 +48,7 @@ def test_shipped_digits_model_quality():
     the confident share is known to about 0.01; measured 0.907) and guided, meet all three."""
     from pydiffuse.stats import digits_scorer
 
-    pipe = pipeline.load("digits")
+    pipe = loading.load("digits")
     scorer = digits_scorer()
     real, entropy_target = scorer.reference()["real"], 0.95 * math.log(10)
     x = pipe.sample(1000, sampler="ddim", steps=50, seed=0, progress=False)
@@ -70,7 +71,7 @@ def test_shipped_lsgm_quality():
 
     scorer = digits_scorer()
     real, entropy_target = scorer.reference()["real"], 0.95 * math.log(10)
-    x = pipeline.load("lsgm").sample(400, sampler="ode", seed=0, rtol=1e-3, atol=1e-3,
+    x = loading.load("lsgm").sample(400, sampler="ode", seed=0, rtol=1e-3, atol=1e-3,
                                      progress=False)
     assert x.shape == (400, 1, 8, 8) and x.abs().max() <= 1
     score = scorer.score(x)
@@ -78,20 +79,17 @@ def test_shipped_lsgm_quality():
     assert score["frechet"] <= 2 * real["frechet"]
 
 
-SAMPLER_OPTIONS = {"ddpm": {"steps": 5}, "ddim": {"steps": 5}, "ald": {"steps": 1, "levels": 3},
-                   "pc": {"steps": 25}, "ode": {"method": "heun", "steps": 3},
-                   "euler": {"steps": 4}, "heun": {"steps": 4}, "dpmpp_2m": {"steps": 4}}
-
-
 def test_every_sampler_runs_through_a_pipeline(tmp_path):
+    """Every registered sampler (its ``quick`` options) on a discrete-schedule model: in its
+    own process or the view the pipeline gives it (VP SDE, noise ladder)."""
     from pydiffuse.samplers import SAMPLERS
 
-    assert set(SAMPLER_OPTIONS) == set(SAMPLERS)
+    assert {"ddpm", "ddim", "ald", "pc", "ode", "euler", "heun", "dpmpp_2m"} <= set(SAMPLERS)
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(TINY))
     config.train_from_config(config.load_config(path), tmp_path / "run", progress=False)
-    pipe = pipeline.load(tmp_path / "run")
-    for name, options in SAMPLER_OPTIONS.items():
+    pipe = loading.load(tmp_path / "run")
+    for name, entry in SAMPLERS.items():
         x, info = pipe.sample(3, sampler=name, seed=0, progress=False, return_info=True,
-                              **options)
+                              **entry.quick)
         assert x.shape == (3, 1, 8, 8) and torch.isfinite(x).all() and info["nfe"] > 0, name

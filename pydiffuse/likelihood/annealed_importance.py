@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ..ops import langevin_step
-from ..samplers._common import steps_bar
+from ..utils import steps_bar
 
 TRANSITIONS = ("mh", "mala", "hmc")
 TARGET_ACCEPT = {"mh": 0.3, "mala": 0.57, "hmc": 0.65}

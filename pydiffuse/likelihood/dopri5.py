@@ -4,14 +4,15 @@ every stage).
 
 The probability-flow sampler (``pydiffuse.samplers.ode``) has its own RK45: its stages are fused
 ``sample_step`` / ``lincomb`` passes in float32 with host-side coefficient tables, built for
-speed without autograd. This one shares its Butcher tableau and step-size rule and runs the
-stages as plain float64 tensor arithmetic on the state's device.
+speed without autograd. This one shares its Butcher tableau and step-size rule
+(``pydiffuse.ode_solvers``) and runs the stages as plain float64 tensor arithmetic on the
+state's device.
 """
 
 import torch
 
-from ..samplers._common import steps_bar
-from ..samplers.ode import DP_A, DP_C, DP_E, controlled_step, initial_step_from_norms
+from ..ode_solvers import DP_A, DP_C, DP_E, controlled_step, initial_step_from_norms
+from ..utils import steps_bar
 
 
 def _rms(v: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

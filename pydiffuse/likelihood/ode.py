@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ..nn.denoiser import Denoiser
 from ..ops import randn
 from ..predictions import check_prediction, target_coefs, x0_coefs
-from ..samplers import Denoiser
 from ._batch import batch_kwargs, batches, check_data, sample_seeds
 from .dopri5 import dopri5
 

@@ -7,113 +7,44 @@
 
 with p(x_{t-1} | x_t) = N(mu~_t(x0^, x_t), Sigma) and L_0 a discretized Gaussian over the
 ``bins`` levels of [-1, 1] (256 for 8-bit data). The model's mean and variance come from
-``ddpm_table``'s columns (the DDPM sampler's: x0^ = cx x_t + co out, mu = m0 x0^ + mx x_t;
-log_lo = log beta~_t clipped, log_hi = log beta_t, var = fixed_large's beta).
+``DiscreteSchedule.reverse_table``'s columns (the DDPM sampler's: x0^ = cx x_t + co out,
+mu = m0 x0^ + mx x_t; log_lo = log beta~_t clipped, log_hi = log beta_t, var = fixed_large's
+beta). The math of each term is the schedule's (``pydiffuse.schedules``); this module runs the
+model over the terms.
 """
 
 import math
-import numbers
 from dataclasses import dataclass
 
 import torch
 
+from ..nn.denoiser import Denoiser
 from ..ops import randn
 from ..predictions import check_prediction
-from ..samplers import Denoiser
-from ..samplers._common import progress_bar
-from ..samplers.ddpm import VARIANCES, ddpm_table
-from ..schedules import as_process
-from ..sde import _per_sample
+from ..schedules import DiscreteSchedule, as_process
+# re-exported: this module's public names before the math moved onto the schedule
+from ..schedules import VARIANCES, discretized_gaussian_log_likelihood, normal_kl  # noqa: F401
+from ..utils import progress_bar
 from ._batch import batch_kwargs, batches, check_data, sample_seeds
 
 
-def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
-    """KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))) elementwise (broadcast)."""
-    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2)
-                  + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
-
-
-def discretized_gaussian_log_likelihood(x, mean, log_scale, bins: int = 256) -> torch.Tensor:
-    """log P(bin of x) under N(mean, exp(log_scale)^2), elementwise: the bin [x - w, x + w],
-    w = 1 / (bins - 1), of data on ``bins`` levels of [-1, 1] (8-bit: 256, w = 1/255; the
-    digits: 17), the outer bins extended to -inf (the level -1) and +inf (the level 1)
-    (Ho et al. 2020, eq. 13).
-
-    Computed in log space, log(Phi(b) - Phi(a)) = log Phi(b) + log(-expm1(log Phi(a) - log
-    Phi(b))) on the lower-tail side of the bin, so far-tail bins keep their true (tiny) mass;
-    improved-diffusion uses a tanh approximation of Phi and clamps the mass at 1e-12.
-    """
-    if isinstance(bins, bool) or not isinstance(bins, numbers.Integral) or bins < 2:
-        raise ValueError(f"bins must be an int >= 2 (the data's levels), got {bins!r}")
-    half = 1 / (bins - 1)
-    inv_std = torch.exp(-log_scale)
-    upper = (x - mean + half) * inv_std
-    lower = (x - mean - half) * inv_std
-    flip = lower > 0                          # Phi(u) - Phi(l) = Phi(-l) - Phi(-u)
-    log_hi = torch.special.log_ndtr(torch.where(flip, -lower, upper))
-    log_lo = torch.special.log_ndtr(torch.where(flip, -upper, lower))
-    inner = log_hi + torch.log(-torch.expm1(log_lo - log_hi))
-    return torch.where(x < -1 + half, torch.special.log_ndtr(upper),
-                       torch.where(x > 1 - half, torch.special.log_ndtr(-lower), inner))
-
-
 def vlb_columns(schedule, prediction: str, variance: str) -> dict:
-    """``ddpm_table``'s float64 [K] columns of a schedule, checked."""
-    if variance not in VARIANCES:
-        raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
-    return ddpm_table(schedule, prediction, variance)
+    """``DiscreteSchedule.reverse_table``'s float64 [K] columns of a schedule (the variance
+    checked)."""
+    return schedule.reverse_table(prediction, variance)
 
 
-def gather_rows(columns: dict, pos: torch.Tensor, x: torch.Tensor) -> dict:
-    """Each column at each example's position, broadcast over x's trailing dimensions."""
-    return {k: _per_sample(v[pos.cpu()], x) for k, v in columns.items()}
-
-
-def p_mean_logvar(rows: dict, out, x_t, variance: str, clip=None):
-    """The model's reverse kernel p(x_{t-1} | x_t) = N(mean, exp(log_var)).
-
-    Args:
-        rows: ``gather_rows`` of ``vlb_columns``.
-        out: [B, C, ...] the model output, [B, 2C, ...] for "learned_range" (second half v:
-            log Sigma = f log beta_t + (1 - f) log beta~_t, f = (v + 1) / 2).
-        x_t: [B, C, ...].
-        clip: clamp x0^ to [-clip, clip].
-
-    Returns:
-        (mean, log_var, x0^), each x_t's shape.
-    """
-    c = x_t.shape[1]
-    pred = out[:, :c] if variance == "learned_range" else out
-    x0 = rows["cx"] * x_t + rows["co"] * pred
-    if clip is not None:
-        x0 = x0.clamp(-clip, clip)
-    mean = rows["m0"] * x0 + rows["mx"] * x_t
-    if variance == "learned_range":
-        log_var = rows["log_lo"] + (out[:, c:] + 1) / 2 * (rows["log_hi"] - rows["log_lo"])
-    elif variance == "fixed_small":
-        log_var = rows["log_lo"].expand_as(x_t)
-    else:
-        log_var = rows["var"].log().expand_as(x_t)
-    return mean, log_var, x0
-
-
-def vlb_terms(rows: dict, x0, x_t, pos, mean, log_var, bins: int = 256) -> torch.Tensor:
-    """L_{t-1} (t > 1: the Gaussian KL to the true posterior) or L_0 (position 0: the
-    discretized-Gaussian NLL of x_0 on ``bins`` levels), summed over dimensions: [B] nats."""
-    true_mean = rows["m0"] * x0 + rows["mx"] * x_t
-    kl = normal_kl(true_mean, rows["log_lo"], mean, log_var).flatten(1).sum(1)
-    nll = -discretized_gaussian_log_likelihood(x0, mean, 0.5 * log_var, bins).flatten(1).sum(1)
-    return torch.where(pos.to(x0.device) == 0, nll, kl)
+# improved-diffusion's posterior / reverse-kernel / VLB math lives on the schedule
+# (``DiscreteSchedule``); these names stay this module's public API
+gather_rows = DiscreteSchedule.gather_rows
+p_mean_logvar = DiscreteSchedule.p_mean_logvar
+vlb_terms = DiscreteSchedule.vlb_terms
 
 
 def prior_kl(schedule, x0: torch.Tensor) -> torch.Tensor:
-    """L_T = KL(q(x_T | x_0) || N(0, I)) summed over dimensions, [B] nats."""
-    a, s = schedule.marginal(schedule.timesteps[-1:])
-    zero = torch.zeros((), dtype=x0.dtype, device=x0.device)
-    kl = normal_kl(float(a) * x0, torch.full_like(x0, math.log(float(s) ** 2)), zero, zero)
-    return kl.flatten(1).sum(1)
-
-
+    """L_T = KL(q(x_T | x_0) || N(0, I)) summed over dimensions, [B] nats
+    (``DiscreteSchedule.prior_kl``)."""
+    return schedule.prior_kl(x0)
 
 
 @dataclass

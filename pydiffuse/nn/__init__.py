@@ -1,9 +1,11 @@
 """Layers and models on the fused ops (DESIGN.md): norms, attention, the UNet (DDPM and ADM
 styles), ADM's noisy classifier, an MLP score network, their presets, the exact
-Gaussian-mixture score (the samplers' oracle), and LSGM's VAE and mixed-score latent prior."""
+Gaussian-mixture score (the samplers' oracle), LSGM's VAE and mixed-score latent prior, and
+the ``Denoiser`` through which the samplers and the likelihoods call a model."""
 
 from .attention import SelfAttention2d
 from .classifier import NoisyClassifier
+from .denoiser import Denoiser
 from .gaussian_mixture import GaussianMixtureScore
 from .lsgm import LSGM, MixedScore, build_lsgm
 from .mlp import MLP
@@ -12,6 +14,6 @@ from .presets import PRESETS, create_model
 from .unet import UNet
 from .vae import ConvVAE
 
-__all__ = ["LSGM", "MLP", "PRESETS", "AdaGroupNorm", "ConvVAE", "GaussianMixtureScore",
-           "GroupNorm", "MixedScore", "NoisyClassifier", "SelfAttention2d", "UNet", "build_lsgm",
-           "create_model"]
+__all__ = ["LSGM", "MLP", "PRESETS", "AdaGroupNorm", "ConvVAE", "Denoiser",
+           "GaussianMixtureScore", "GroupNorm", "MixedScore", "NoisyClassifier", "SelfAttention2d",
+           "UNet", "build_lsgm", "create_model"]

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from ..sde import VPSDE, _per_sample
+from ..sde import VPSDE
+from ..utils import per_sample
 from .presets import create_model
 from .vae import ConvVAE
 
@@ -17,7 +18,7 @@ def diffuse(sde: VPSDE, z0: torch.Tensor, t):
     in z_0 (the encoder's gradient passes through it); t: [B] host times."""
     m, std = sde.marginal(torch.as_tensor(t).detach().cpu())
     n = torch.randn_like(z0)
-    return _per_sample(m, z0) * z0 + _per_sample(std, z0) * n, n
+    return per_sample(m, z0) * z0 + per_sample(std, z0) * n, n
 
 
 class MixedScore(nn.Module):
@@ -57,7 +58,7 @@ class MixedScore(nn.Module):
             shape = list(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
             raise ValueError(f"z must be [B, {', '.join(map(str, self.latent_shape))}], got "
                              f"{shape}")
-        std = _per_sample(self.sde.marginal(torch.as_tensor(t).detach().cpu())[1], z)
+        std = per_sample(self.sde.marginal(torch.as_tensor(t).detach().cpu())[1], z)
         t = torch.as_tensor(t, device=z.device).float().reshape(-1).expand(len(z))
         alpha = self.alpha
         return std * (1 - alpha) * z + alpha * self.net(z, t)

@@ -1,119 +1,19 @@
-"""What every sampler shares: the model call (``Denoiser``), the noise stream's seeds and step
-counter (``NoiseStream``), per-step coefficient tables kept on the device (``StepTable``), the
-process's time as the model's ``t``, and the progress bar."""
+"""What every sampler shares: its prologue (``start``: the argument checks, the process, the
+model call, the noise stream, the progress bar and the callback, as one ``Run``), the model call
+(``as_denoiser``, guidance; ``Denoiser`` itself is ``pydiffuse.nn.denoiser``'s, shared with the
+likelihoods), the noise stream's seeds and step counter (``NoiseStream``), per-step coefficient
+tables kept on the device (``StepTable``) and the process's time as the model's ``t``."""
 
 import torch
-from tqdm.auto import tqdm
 
+from ..nn.denoiser import Denoiser
 from ..ops import lincomb
-from ..ops._checks import check_number
 from ..ops._packing import pack_seeds
+from ..predictions import check_prediction
+from ..schedules import as_process
+from ..utils import steps_bar
 from .cuda_graph import keep_for_capture
-
-
-class Denoiser:
-    """The model as samplers call it: ``model(x, t, **model_kwargs)`` with its output normalized.
-
-    - A diffusers ``UNet2DModel`` output (``.sample``) or a tuple is unwrapped.
-    - An output with 2C channels for C-channel x (a learned-variance model) is cut to its first C
-      channels unless the sampler asks for the variance (``keep_variance``).
-    - Classifier-free guidance (Ho & Salimans 2022): with ``guidance`` (w' = 1 + w) the model also
-      runs with ``uncond_kwargs`` and o = o_u + w' (o_c - o_u); ``pair`` gives both outputs so
-      ``sample_step`` fuses the combination.
-    - Classifier guidance (Dhariwal & Nichol 2021): ``classifier(x, t, **classifier_kwargs)``
-      returns logits; ``classifier_grad`` = classifier_scale * grad_x log p(y | x_t).
-
-    ``nfe`` counts model evaluations (a classifier's are not counted).
-    """
-
-    def __init__(self, model, *, model_kwargs=None, guidance=None, uncond_kwargs=None,
-                 classifier=None, classifier_scale: float = 1.0, labels=None):
-        if isinstance(model, Denoiser):
-            raise TypeError("model is already a Denoiser")
-        if not callable(model):
-            raise TypeError(f"model must be callable as model(x, t), got {type(model).__name__}")
-        if (guidance is None) != (uncond_kwargs is None):
-            raise ValueError("classifier-free guidance needs both guidance= (1 + w) and "
-                             "uncond_kwargs= (the model's null-condition keywords)")
-        if classifier is not None and labels is None:
-            raise ValueError("classifier guidance needs labels= (the class index of each sample)")
-        if guidance is not None:
-            check_number(guidance, "guidance (1 + w)", minimum=0)
-        check_number(classifier_scale, "classifier_scale")
-        if labels is not None:
-            labels = torch.as_tensor(labels)
-            if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-                raise TypeError(f"labels must be integer class indices, got {labels.dtype}")
-            if labels.ndim > 1:
-                raise ValueError(f"labels must be one class index or one per sample, got shape "
-                                 f"{list(labels.shape)}")
-        self.model, self.model_kwargs = model, dict(model_kwargs or {})
-        self.guidance, self.uncond_kwargs = guidance, uncond_kwargs
-        self.classifier, self.classifier_scale, self.labels = classifier, classifier_scale, labels
-        self.nfe = 0
-
-    def _run(self, x, t, kwargs, keep_variance):
-        out = self.model(x, t, **kwargs)
-        self.nfe += 1
-        if hasattr(out, "sample"):
-            out = out.sample
-        elif isinstance(out, (tuple, list)):
-            out = out[0]
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(f"the model returned {type(out).__name__}, expected a tensor")
-        if out.shape == x.shape:
-            return out
-        if x.ndim >= 2 and out.shape[0] == x.shape[0] and out.shape[1] == 2 * x.shape[1] \
-                and out.shape[2:] == x.shape[2:]:
-            return out if keep_variance else out[:, :x.shape[1]]
-        raise ValueError(f"the model returned shape {list(out.shape)} for x of shape "
-                         f"{list(x.shape)} (expected x's shape, or 2C channels with a learned "
-                         "variance)")
-
-    def pair(self, x, t, keep_variance: bool = False):
-        """(o_c, o_u): the conditional and unconditional outputs (o_u None without CFG)."""
-        out = self._run(x, t, self.model_kwargs, keep_variance)
-        if self.guidance is None:
-            return out, None
-        return out, self._run(x, t, {**self.model_kwargs, **self.uncond_kwargs}, keep_variance)
-
-    def __call__(self, x, t, keep_variance: bool = False):
-        """The (guided) model output o = o_u + w' (o_c - o_u)."""
-        return self.combine(*self.pair(x, t, keep_variance))
-
-    def combine(self, out, uncond):
-        """o_u + w' (o_c - o_u), or o_c without guidance (one ``lincomb`` pass)."""
-        if uncond is None:
-            return out
-        return lincomb([uncond, out], [1 - self.guidance, self.guidance])
-
-    def fused_cfg(self, uncond) -> dict:
-        """sample_step's keywords that fuse the guidance combine: {} or {out_uncond, guidance}."""
-        return {} if uncond is None else {"out_uncond": uncond, "guidance": self.guidance}
-
-    def _labels(self, batch: int, classes: int, device) -> torch.Tensor:
-        """The classifier's labels as [B] indices, checked against the batch and the classes."""
-        labels = self.labels.reshape(-1)
-        if labels.numel() not in (1, batch):
-            raise ValueError(f"labels has {labels.numel()} entries for a batch of {batch}: give "
-                             "one class index or one per sample")
-        if labels.device.type == "cpu" and not (                # device labels: no host sync
-                0 <= int(labels.min()) and int(labels.max()) < classes):
-            raise ValueError(f"labels must lie in [0, {classes}) (the classifier's classes), got "
-                             f"{labels.min().item()} .. {labels.max().item()}")
-        return labels.to(device).expand(batch)
-
-    def classifier_grad(self, x, t):
-        """classifier_scale * grad_x log softmax(classifier(x, t))[labels], or None."""
-        if self.classifier is None:
-            return None
-        with torch.enable_grad():
-            x_in = x.detach().requires_grad_(True)
-            log_p = torch.log_softmax(self.classifier(x_in, t).float(), dim=-1)
-            labels = self._labels(len(x), log_p.shape[-1], x.device)
-            chosen = log_p.gather(1, labels[:, None].long()).sum()
-            grad, = torch.autograd.grad(chosen, x_in)
-        return grad * self.classifier_scale
+from .registry import SAMPLERS
 
 
 def as_denoiser(model) -> Denoiser:
@@ -201,18 +101,6 @@ def batch_time(times: torch.Tensor, i: int, batch: int) -> torch.Tensor:
     return times[i].expand(batch)
 
 
-def progress_bar(total: int, progress, desc: str, iterable=None):
-    """A tqdm bar of ``total`` steps over ``iterable`` or updated by hand (progress None: only on
-    a terminal)."""
-    return tqdm(iterable, total=total, desc=desc,
-                disable=None if progress is None else not progress, leave=False)
-
-
-def steps_bar(n: int, progress, desc: str):
-    """range(n) with a tqdm bar (progress None: only on a terminal)."""
-    return progress_bar(n, progress, desc, range(n))
-
-
 def check_x(x) -> torch.Tensor:
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 1:
         raise TypeError("x must be a floating tensor [B, ...] (x_T)")
@@ -224,3 +112,69 @@ def check_process_kind(process, kinds, sampler: str, hint: str = ""):
         raise ValueError(f"the {sampler} sampler needs a {' or '.join(kinds)} process, got "
                          f"{process!r}{hint}")
 
+
+class Run:
+    """What a sampler's loop works with, from ``start``: ``den`` (the model call, guidance),
+    ``process``, ``noise`` (the noise stream, None for a deterministic run) and the per-run
+    helpers below (all on x's device, for x's batch)."""
+
+    def __init__(self, name, den, process, x, noise, callback, progress):
+        self.name, self.den, self.process, self.noise = name, den, process, noise
+        self.callback, self.progress = callback, progress
+        self.batch, self.device = len(x), x.device
+
+    def table(self, columns: dict) -> StepTable:
+        """Host float64 columns as a ``StepTable`` on the device."""
+        return StepTable(columns, self.device)
+
+    def times(self, values, process=None) -> torch.Tensor:
+        """The model's t of each step on the device (``model_times``) of ``process`` (default
+        the run's)."""
+        return model_times(self.process if process is None else process, values, self.device)
+
+    def t(self, times: torch.Tensor, i: int) -> torch.Tensor:
+        """Step i's model time for the batch, [B]."""
+        return batch_time(times, i, self.batch)
+
+    def steps(self, n: int, desc: str | None = None):
+        """range(n) with the progress bar."""
+        return steps_bar(n, self.progress, self.name if desc is None else desc)
+
+    def draw(self) -> dict:
+        """Keywords ``seed=, step=`` of the stream's next draw ({} without a stream)."""
+        return self.noise.take() if self.noise is not None else {}
+
+    def report(self, i: int, t, x, **more) -> None:
+        """callback({"i", "t", "x", ...}) after a step, when there is a callback."""
+        if self.callback is not None:
+            self.callback({"i": i, "t": t, "x": x, **more})
+
+
+def start(name: str, model, x, process, *, prediction: str, seed=None, noise: bool = True,
+          classifier: bool = True, callback=None, progress=False, kinds=None,
+          hint: str = "") -> Run:
+    """Every sampler's prologue, in this order: x checked as a floating [B, ...] tensor, the
+    process (sigmas become a ``NoiseLadder``) checked to be of a kind the sampler runs on, the
+    prediction checked, the model as a ``Denoiser``, the noise stream opened.
+
+    Args:
+        name: the sampler's registered name (the progress bar's label and the errors').
+        model, x, process, prediction, seed, callback, progress: the sampler's own arguments.
+        noise: open the noise stream of ``seed`` (False: a deterministic run, no stream).
+        classifier: whether the sampler takes classifier guidance (False: a ``Denoiser`` with a
+            classifier is refused).
+        kinds: the process kinds it runs on (default its registry entry's ``processes``).
+        hint: appended to the wrong-process error.
+
+    Returns:
+        a ``Run`` for the sampler's loop.
+    """
+    check_x(x)
+    process = as_process(process)
+    check_process_kind(process, SAMPLERS[name].processes if kinds is None else kinds, name, hint)
+    check_prediction(prediction)
+    den = as_denoiser(model)
+    if not classifier and den.classifier is not None:
+        raise ValueError(f"the {name} sampler does not take classifier guidance")
+    stream = NoiseStream(seed, len(x), x.device) if noise else None
+    return Run(name, den, process, x, stream, callback, progress)

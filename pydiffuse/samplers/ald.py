@@ -5,10 +5,9 @@ import math
 import numbers
 
 from ..ops import StepCoefs, sample_step
-from ..predictions import check_prediction, x0_coefs
-from ..schedules import as_process
-from ._common import (NoiseStream, StepTable, as_denoiser, batch_time, check_process_kind,
-                      check_x, model_times, steps_bar)
+from ..predictions import x0_coefs
+from ._common import start
+from .registry import register
 
 
 def ald_table(sigmas, step_lr: float, prediction: str, sigma_scaled: bool) -> dict:
@@ -27,6 +26,8 @@ def ald_table(sigmas, step_lr: float, prediction: str, sigma_scaled: bool) -> di
     return {"cx": cx, "co": co, "m0": m, "mx": 1 - m, "s": (2 * alpha).sqrt()}
 
 
+@register("ald", title="annealed Langevin dynamics", paper="Song & Ermon 2019, 2020",
+          processes=("ladder",), stochastic=True, order=None, nfe_per_step=1, quick={"steps": 1})
 def sample_ald(model, x, process, *, steps: int = 100, step_lr: float = 2e-5,
                sigma_scaled: bool = False, denoise: bool = True, prediction: str = "score",
                seed=None, callback=None, progress=False):
@@ -62,13 +63,11 @@ def sample_ald(model, x, process, *, steps: int = 100, step_lr: float = 2e-5,
     Returns:
         samples [B, ...].
     """
-    check_x(x)
-    process = as_process(process)
-    check_process_kind(process, ("ladder",), "ald", " (sigmas, e.g. geometric_sigmas(...))")
-    check_prediction(prediction)
+    run = start("ald", model, x, process, prediction=prediction, seed=seed, classifier=False,
+                callback=callback, progress=progress, hint=" (sigmas, e.g. geometric_sigmas(...))")
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
         raise ValueError(f"steps (Langevin steps per level) must be an int >= 1, got {steps!r}")
-    sigmas = process.sigmas
+    sigmas = run.process.sigmas
     limit = 2 * float(sigmas[-1]) ** 2
     if not (math.isfinite(step_lr) and 0 < step_lr < limit):
         raise ValueError(f"step_lr must lie in (0, 2 sigma_L^2 = {limit:.4g}); the chain diverges "
@@ -76,24 +75,19 @@ def sample_ald(model, x, process, *, steps: int = 100, step_lr: float = 2e-5,
     if sigma_scaled and prediction != "score":
         raise ValueError("sigma_scaled=True means the model returns sigma * score: it needs "
                          f"prediction='score', got {prediction!r}")
-    den = as_denoiser(model)
-    if den.classifier is not None:
-        raise ValueError("the ald sampler does not take classifier guidance")
-    noise = NoiseStream(seed, len(x), x.device)
-    table = StepTable(ald_table(sigmas, step_lr, prediction, sigma_scaled), x.device)
-    times = model_times(process, sigmas, x.device)
-    for i in steps_bar(len(process), progress, "ald"):
-        c, t = table.row(i), batch_time(times, i, len(x))
+    table = run.table(ald_table(sigmas, step_lr, prediction, sigma_scaled))
+    times, den = run.times(sigmas), run.den
+    for i in run.steps(len(sigmas)):
+        c, t = table.row(i), run.t(times, i)
         coefs = StepCoefs(cx=c["cx"], co=c["co"], m0=c["m0"], mx=c["mx"], s=c["s"])
-        for j in range(steps):
+        for j in range(steps):            # x <- x + alpha_i s(x, sigma_i) + sqrt(2 alpha_i) z
             out, uncond = den.pair(x, t)
-            report = callback is not None and j == steps - 1
-            x = sample_step(x, out, coefs, return_x0=report, **den.fused_cfg(uncond),
-                            **noise.take())
-            if report:
+            last = j == steps - 1 and callback is not None
+            x = sample_step(x, out, coefs, return_x0=last, **den.fused_cfg(uncond), **run.draw())
+            if last:
                 x, x0 = x
-                callback({"i": i, "t": t, "x": x, "x0": x0})
-    if denoise:
+                run.report(i, t, x, x0=x0)
+    if denoise:                           # x <- x + sigma_L^2 s(x, sigma_L)
         out, uncond = den.pair(x, t)
         x = sample_step(x, out, StepCoefs(cx=c["cx"], co=c["co"], m0=1.0),
                         **den.fused_cfg(uncond))

@@ -9,18 +9,10 @@ from ..ops import randn
 from ..ops._packing import pack_seeds
 from ..predictions import check_prediction
 from ..schedules import as_process
-from ._common import Denoiser, check_x
-from .ald import sample_ald
+from ..nn.denoiser import Denoiser
+from ._common import check_x
 from .cuda_graph import captured_run
-from .ddim import sample_ddim
-from .ddpm import sample_ddpm
-from .edm import sample_dpmpp_2m, sample_euler, sample_heun
-from .ode import sample_ode
-from .pc import sample_pc
-
-SAMPLERS = {"ddpm": sample_ddpm, "ddim": sample_ddim, "ald": sample_ald, "pc": sample_pc,
-            "ode": sample_ode, "euler": sample_euler, "heun": sample_heun,
-            "dpmpp_2m": sample_dpmpp_2m}
+from .registry import SAMPLERS
 
 
 def _model_device(model):
@@ -69,9 +61,9 @@ def sample(model, shape=None, *, process, sampler: str = "ddim", steps=None,
             ``UNet2DModel`` works as is (its ``.sample``).
         shape: (B, ...) of the samples; or ``x_T`` (a tensor) instead.
         process: DiscreteSchedule, SDE, or sigmas / NoiseLadder.
-        sampler: one of ``SAMPLERS``: "ddpm", "ddim", "ald", "pc", "ode", "euler", "heun",
-            "dpmpp_2m"; its options as keywords (eta, clip, variance, predictor, corrector, snr,
-            method, rtol, atol, churn, ...).
+        sampler: a name of ``pydiffuse.samplers.SAMPLERS`` ("ddpm", "ddim", "ald", "pc", "ode",
+            "euler", "heun", "dpmpp_2m", ...); its options as keywords (eta, clip, variance,
+            predictor, corrector, snr, method, rtol, atol, churn, ...: the entry's ``options``).
         steps: model-call steps (the sampler's default when None).
         prediction: what the model predicts: "eps", "x0", "v" or "score".
         seed: int or one int per sample: x_T and all the sampler's noise come from the
@@ -117,14 +109,17 @@ def sample(model, shape=None, *, process, sampler: str = "ddim", steps=None,
                   progress=progress)
     if steps is not None:
         kwargs["steps"] = steps
-    fn = SAMPLERS[sampler]
+    entry = SAMPLERS[sampler]
+    fn = entry.fn
     start, nfe0 = time.perf_counter(), den.nfe
     if cuda_graph:
         if callback is not None:
             raise ValueError("cuda_graph=True runs the loop as one graph: no callback")
-        if sampler == "ode" and options.get("method", "rk45") == "rk45":
-            raise ValueError("cuda_graph=True needs a fixed-step sampler; the adaptive rk45 "
-                             "decides its steps on the host (use method='euler' or 'heun')")
+        if entry.is_adaptive(options):
+            adaptive = "" if entry.adaptive is True else " with " + ", ".join(
+                f"{k}={v!r}" for k, v in entry.adaptive.items())
+            raise ValueError(f"cuda_graph=True needs a fixed-step sampler; {sampler}{adaptive} "
+                             "decides its steps on the host")
         settings = dict(kwargs, seed=None, guidance=den.guidance, model_kwargs=den.model_kwargs,
                         uncond_kwargs=den.uncond_kwargs, classifier=id(den.classifier),
                         classifier_scale=den.classifier_scale, labels=den.labels)

@@ -4,10 +4,9 @@ import torch
 
 from ..ops import StepCoefs, sample_step
 from ..ops._checks import check_number
-from ..predictions import check_prediction, eps_coefs, x0_coefs
-from ..schedules import as_process
-from ._common import (NoiseStream, StepTable, as_denoiser, batch_time, check_process_kind,
-                      check_x, guided_pair, model_times, steps_bar)
+from ..predictions import eps_coefs, x0_coefs
+from ._common import guided_pair, start
+from .registry import register
 
 
 def ddim_schedule(process, steps: int, spacing: str = "uniform", steps_offset: int = 0,
@@ -37,6 +36,8 @@ def ddim_table(sched, prediction: str, eta: float) -> dict:
             "me": (1 - ab_prev - s * s).clamp(min=0).sqrt(), "s": s, "a": a, "sigma": sd}
 
 
+@register("ddim", title="DDIM", paper="Song, Meng & Ermon 2021", processes=("discrete",),
+          stochastic="eta > 0", order=1, nfe_per_step=1, quick={"steps": 5})
 def sample_ddim(model, x, process, *, steps: int = 50, eta: float = 0.0, prediction: str = "eps",
                 clip=None, spacing: str = "uniform", steps_offset: int = 0,
                 set_alpha_to_one: bool = True, seed=None, callback=None, progress=False):
@@ -57,26 +58,21 @@ def sample_ddim(model, x, process, *, steps: int = 50, eta: float = 0.0, predict
     Returns:
         x_0 [B, ...].
     """
-    check_x(x)
-    process = as_process(process)
-    check_process_kind(process, ("discrete",), "ddim")
-    check_prediction(prediction)
     check_number(eta, "eta", minimum=0)
-    sched = ddim_schedule(process, steps, spacing, steps_offset, set_alpha_to_one)
-    den = as_denoiser(model)
-    noise = NoiseStream(seed, len(x), x.device) if eta > 0 else None
-    table = StepTable(ddim_table(sched, prediction, eta), x.device)
-    times = model_times(sched, sched.timesteps, x.device)
-    for k in steps_bar(len(sched), progress, "ddim"):
+    run = start("ddim", model, x, process, prediction=prediction, seed=seed, noise=eta > 0,
+                callback=callback, progress=progress)
+    sched = ddim_schedule(run.process, steps, spacing, steps_offset, set_alpha_to_one)
+    table = run.table(ddim_table(sched, prediction, eta))
+    times, den = run.times(sched.timesteps, sched), run.den
+    for k in run.steps(len(sched)):
         i = len(sched) - 1 - k
-        c, t = table.row(i), batch_time(times, i, len(x))
+        c, t = table.row(i), run.t(times, i)
         out, uncond = guided_pair(den, x, t, c["a"], c["sigma"], c["co"])
         coefs = StepCoefs(cx=c["cx"], co=c["co"], ex=c["ex"], e0=c["e0"], m0=c["m0"],
-                          me=c["me"], s=c["s"] if noise is not None else 0.0)
+                          me=c["me"], s=c["s"] if run.noise is not None else 0.0)
         x, x0 = sample_step(x, out, coefs, clip=clip, return_x0=True, **den.fused_cfg(uncond),
-                            **(noise.take() if noise is not None else {}))
-        if callback is not None:
-            callback({"i": k, "t": t, "x": x, "x0": x0})
+                            **run.draw())
+        run.report(k, t, x, x0=x0)
     return x
 
 
@@ -93,27 +89,23 @@ def ddim_invert(model, x0, process, *, steps: int = 50, prediction: str = "eps",
     Returns:
         x_T [B, ...], which ``sample_ddim`` (eta = 0, same steps) maps back to about x0.
     """
-    check_x(x0)
-    process = as_process(process)
-    check_process_kind(process, ("discrete",), "ddim_invert")
-    check_prediction(prediction)
-    sched = ddim_schedule(process, steps, spacing, steps_offset)
-    den = as_denoiser(model)
-    if den.classifier is not None:
+    run = start("ddim_invert", model, x0, process, prediction=prediction, noise=False,
+                callback=callback, progress=progress, kinds=("discrete",))
+    sched = ddim_schedule(run.process, steps, spacing, steps_offset)
+    if run.den.classifier is not None:
         raise ValueError("ddim_invert does not take classifier guidance")
     ab, ab_prev = sched.alphas_cumprod, sched.alphas_cumprod_prev
     a, sd, a_prev, sd_prev = ab.sqrt(), (1 - ab).sqrt(), ab_prev.sqrt(), (1 - ab_prev).sqrt()
     cx, co = x0_coefs(prediction, a, sd)
     ex, e0 = eps_coefs(a, sd)
-    table = StepTable({"cx": cx, "co": co, "ex": ex, "e0": e0, "mx": a / a_prev,
-                       "me": sd - a * sd_prev / a_prev}, x0.device)
-    times = model_times(sched, sched.timesteps, x0.device)
+    table = run.table({"cx": cx, "co": co, "ex": ex, "e0": e0, "mx": a / a_prev,
+                       "me": sd - a * sd_prev / a_prev})
+    times = run.times(sched.timesteps, sched)
     x = x0
-    for i in steps_bar(len(sched), progress, "ddim_invert"):
-        c, t = table.row(i), batch_time(times, i, len(x))
-        x = sample_step(x, den(x, t), StepCoefs(cx=c["cx"], co=c["co"], ex=c["ex"], e0=c["e0"],
-                                                mx=c["mx"], me=c["me"]))
-        if callback is not None:
-            callback({"i": i, "t": t, "x": x})
+    for i in run.steps(len(sched)):
+        c, t = table.row(i), run.t(times, i)
+        x = sample_step(x, run.den(x, t), StepCoefs(cx=c["cx"], co=c["co"], ex=c["ex"],
+                                                    e0=c["e0"], mx=c["mx"], me=c["me"]))
+        run.report(i, t, x)
     return x
 

@@ -4,37 +4,15 @@ respacing; Dhariwal & Nichol 2021 for classifier guidance)."""
 import torch
 
 from ..ops import StepCoefs, lincomb, sample_step
-from ..predictions import check_prediction, x0_coefs
-from ..schedules import as_process
-from ._common import (NoiseStream, StepTable, as_denoiser, batch_time, check_process_kind,
-                      check_x, model_times, steps_bar)
-
-VARIANCES = ("fixed_small", "fixed_large", "learned_range")
+from ..schedules import VARIANCES
+from ._common import start
+from .registry import register
 
 
 def ddpm_table(process, prediction: str, variance: str) -> dict:
     """Per-position columns of the ancestral step on a (respaced) schedule:
-
-    x0 = cx x + co out;  x_{t-1} = c0 x0 + ct x_t + std z,
-    c0 = sqrt(ab_prev) beta_t / (1 - ab_t), ct = sqrt(alpha_t) (1 - ab_prev) / (1 - ab_t),
-    std^2 = beta~_t ("fixed_small"), beta_t ("fixed_large"), or the learned range between
-    log beta~_t (clipped) and log beta_t; std = 0 at the last step.
-    """
-    post = process.posterior()
-    a, s = process.alphas_cumprod.sqrt(), (1 - process.alphas_cumprod).sqrt()
-    cx, co = x0_coefs(prediction, a, s)
-    if variance == "fixed_small":
-        var = post["variance"]
-    elif variance == "fixed_large":
-        var = torch.cat([post["variance"][1:2], process.betas[1:]]) if len(process) > 1 \
-            else process.betas.clone()
-    else:
-        var = torch.zeros_like(process.betas)         # per element: learned_variance()
-    std = 1.0 if variance == "learned_range" else var.sqrt()
-    nonzero = (torch.arange(len(process)) > 0).to(torch.float64)
-    return {"cx": cx, "co": co, "m0": post["coef_x0"], "mx": post["coef_xt"],
-            "s": std * nonzero, "var": var, "log_lo": post["log_variance_clipped"],
-            "log_hi": process.betas.log(), "a": a, "sigma": s}
+    ``DiscreteSchedule.reverse_table`` (x0 = cx x + co out; x_{t-1} = c0 x0 + ct x_t + std z)."""
+    return process.reverse_table(prediction, variance)
 
 
 def learned_variance(out, c) -> torch.Tensor:
@@ -43,6 +21,9 @@ def learned_variance(out, c) -> torch.Tensor:
     return torch.exp(c["log_lo"] + (v + 1) / 2 * (c["log_hi"] - c["log_lo"]))
 
 
+@register("ddpm", title="DDPM ancestral sampling", paper="Ho, Jain & Abbeel 2020; Nichol & "
+          "Dhariwal 2021", processes=("discrete",), stochastic=True, order=1, nfe_per_step=1,
+          quick={"steps": 5})
 def sample_ddpm(model, x, process, *, steps=None, respacing=None, prediction: str = "eps",
                 variance: str = "fixed_small", clip=None, seed=None, callback=None,
                 progress=False):
@@ -63,35 +44,29 @@ def sample_ddpm(model, x, process, *, steps=None, respacing=None, prediction: st
     Returns:
         x_0, [B, ...].
     """
-    check_x(x)
-    process = as_process(process)
-    check_process_kind(process, ("discrete",), "ddpm")
-    check_prediction(prediction)
+    run = start("ddpm", model, x, process, prediction=prediction, seed=seed, callback=callback,
+                progress=progress)
     if variance not in VARIANCES:
         raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
     if steps is not None and respacing is not None:
         raise ValueError("give steps or respacing, not both")
     spec = respacing if respacing is not None else steps
-    full = spec is None or (isinstance(spec, int) and spec == len(process))
-    sched = process if full else process.respace(spec)
-    den = as_denoiser(model)
-    noise = NoiseStream(seed, len(x), x.device)
-    cols = ddpm_table(sched, prediction, variance)
-    table = StepTable(cols, x.device)
-    times = model_times(sched, sched.timesteps, x.device)
-    learned = variance == "learned_range"
-    for k in steps_bar(len(sched), progress, "ddpm"):
+    full = spec is None or (isinstance(spec, int) and spec == len(run.process))
+    sched = run.process if full else run.process.respace(spec)
+    table = run.table(ddpm_table(sched, prediction, variance))
+    times = run.times(sched.timesteps, sched)
+    learned, den = variance == "learned_range", run.den
+    for k in run.steps(len(sched)):
         i = len(sched) - 1 - k
-        c, t = table.row(i), batch_time(times, i, len(x))
+        c, t = table.row(i), run.t(times, i)
         grad = den.classifier_grad(x, t)
         out, uncond = den.pair(x, t, keep_variance=learned)
         x, x0 = sample_step(
             x, out, StepCoefs(cx=c["cx"], co=c["co"], m0=c["m0"], mx=c["mx"], s=c["s"]),
             clip=clip, learned_var=(c["log_lo"], c["log_hi"]) if learned else None,
-            return_x0=True, **den.fused_cfg(uncond), **noise.take())
+            return_x0=True, **den.fused_cfg(uncond), **run.draw())
         if grad is not None:          # mu^ = mu + Sigma g
             x = (x + learned_variance(out, c) * grad).to(x.dtype) if learned else \
                 lincomb([x, grad.to(x.dtype)], [1.0, c["var"]])
-        if callback is not None:
-            callback({"i": k, "t": t, "x": x, "x0": x0})
+        run.report(k, t, x, x0=x0)
     return x

@@ -12,11 +12,11 @@ import numbers
 import torch
 
 from ..ops import lincomb
-from ..predictions import check_prediction, x0_coefs
-from ..schedules import as_process, karras_sigmas
-from ._common import (NoiseStream, StepTable, as_denoiser, batch_time, check_x, guided_pair,
-                      model_times, steps_bar)
+from ..predictions import x0_coefs
+from ..schedules import karras_sigmas
+from ._common import guided_pair, start
 from .ode import euler_heun_loop, output_terms
+from .registry import PROCESS_KINDS, register
 
 
 def edm_sigmas(process, steps: int, sigma_min=None, sigma_max=None, rho: float = 7.0):
@@ -59,27 +59,26 @@ def edm_columns(prediction: str, sigma, a, sigma_next, a_next) -> dict:
             "std": a * sigma}
 
 
-def _start(x, process, prediction, steps, sigma_min, sigma_max, rho):
-    """Checks, the grid, and x_T rescaled as pure noise to the grid's first level: x *
+def _start_grid(run, x, steps, sigma_min, sigma_max, rho):
+    """The grid (``edm_sigmas``), and x_T rescaled as pure noise to the grid's first level: x *
     a_0 sigma_0 / prior_std (exact when sigma_0 is the prior's; an approximation, of order
     data scale / sigma_0, when sigma_max is overridden)."""
-    check_x(x)
-    process = as_process(process)
-    check_prediction(prediction)
-    times, sig, a = edm_sigmas(process, steps, sigma_min, sigma_max, rho)
-    factor = float(a[0] * sig[0]) / process.prior_std
-    return process, times, sig, a, x if math.isclose(factor, 1, rel_tol=1e-9) else lincomb(
-        [x], [factor])
+    times, sig, a = edm_sigmas(run.process, steps, sigma_min, sigma_max, rho)
+    factor = float(a[0] * sig[0]) / run.process.prior_std
+    return times, sig, a, x if math.isclose(factor, 1, rel_tol=1e-9) else lincomb([x], [factor])
 
 
-def _sample_edm(heun, model, x, process, steps, sigma_min, sigma_max, rho, churn, s_tmin, s_tmax,
-                s_noise, prediction, seed, callback, progress):
-    """Karras et al. Algorithm 2 (Euler: Algorithm 2 without its second-order correction)."""
+def _check_churn(churn, s_tmin, s_tmax, s_noise):
     if not (churn >= 0 and s_noise >= 0 and 0 <= s_tmin <= s_tmax):
         raise ValueError(f"need churn >= 0, s_noise >= 0 and 0 <= s_tmin <= s_tmax; got "
                          f"churn={churn}, s_noise={s_noise}, s_tmin={s_tmin}, s_tmax={s_tmax}")
-    process, times, sig, a, x = _start(x, process, prediction, steps, sigma_min, sigma_max, rho)
-    n = len(times)
+
+
+def _edm_loop(run, heun, x, steps, sigma_min, sigma_max, rho, churn, s_tmin, s_tmax, s_noise,
+              prediction):
+    """Karras et al. Algorithm 2 (Euler: Algorithm 2 without its second-order correction)."""
+    times, sig, a, x = _start_grid(run, x, steps, sigma_min, sigma_max, rho)
+    process, n = run.process, len(times)
     # churn: gamma_i = min(S_churn / N, sqrt 2 - 1) on [s_tmin, s_tmax], sigma^_i = sigma_i (1 +
     # gamma_i) (quantized, then recomputed), x^ = x + sqrt(sigma^2 - sigma_i^2) s_noise z in VE
     inside = (sig[:-1] >= s_tmin) & (sig[:-1] <= s_tmax)
@@ -99,14 +98,16 @@ def _sample_edm(heun, model, x, process, steps, sigma_min, sigma_max, rho, churn
                 he=h / (2 * s2) * (1 - a[1:] * cx2), ho=-a[1:] * h / (2 * s2) * co2,
                 a2=a[1:], std2=a[1:] * s2, co2=co2)
     pre = ((cols["pre_mx"] != 1) | (cols["pre_s"] > 0)).tolist()
-    noise = NoiseStream(seed, len(x), x.device) if bool((cols["pre_s"] > 0).any()) else None
+    if not bool((cols["pre_s"] > 0).any()):
+        run.noise = None                  # no churn noise on this grid: no draws
     times2 = torch.cat([times[1:], times[-1:]])          # the last step has no second call
-    dev_times = (model_times(process, t_hat, x.device), model_times(process, times2, x.device))
-    return euler_heun_loop(as_denoiser(model), x, StepTable(cols, x.device), dev_times,
-                           (~last & heun).tolist(), pre=pre, noise=noise, callback=callback,
-                           progress=progress, desc="heun" if heun else "euler")
+    dev_times = (run.times(t_hat), run.times(times2))
+    return euler_heun_loop(run, x, run.table(cols), dev_times, (~last & heun).tolist(), pre=pre)
 
 
+@register("euler", title="EDM Euler with churn", paper="Karras et al. 2022",
+          processes=PROCESS_KINDS, stochastic="churn > 0", order=1, nfe_per_step=1,
+          sigma_view=True, quick={"steps": 4})
 def sample_euler(model, x, process, *, steps: int = 50, sigma_min=None, sigma_max=None,
                  rho: float = 7.0, churn: float = 0.0, s_tmin: float = 0.0,
                  s_tmax: float = float("inf"), s_noise: float = 1.0, prediction: str = "eps",
@@ -133,10 +134,16 @@ def sample_euler(model, x, process, *, steps: int = 50, sigma_min=None, sigma_ma
     Returns:
         x_0 [B, ...].
     """
-    return _sample_edm(False, model, x, process, steps, sigma_min, sigma_max, rho, churn, s_tmin,
-                       s_tmax, s_noise, prediction, seed, callback, progress)
+    _check_churn(churn, s_tmin, s_tmax, s_noise)
+    run = start("euler", model, x, process, prediction=prediction, seed=seed,
+                noise=churn > 0 and s_noise > 0, callback=callback, progress=progress)
+    return _edm_loop(run, False, x, steps, sigma_min, sigma_max, rho, churn, s_tmin, s_tmax,
+                     s_noise, prediction)
 
 
+@register("heun", title="EDM Heun with churn", paper="Karras et al. 2022",
+          processes=PROCESS_KINDS, stochastic="churn > 0", order=2, nfe_per_step=2,
+          sigma_view=True, quick={"steps": 4})
 def sample_heun(model, x, process, *, steps: int = 50, sigma_min=None, sigma_max=None,
                 rho: float = 7.0, churn: float = 0.0, s_tmin: float = 0.0,
                 s_tmax: float = float("inf"), s_noise: float = 1.0, prediction: str = "eps",
@@ -150,8 +157,11 @@ def sample_heun(model, x, process, *, steps: int = 50, sigma_min=None, sigma_max
     ``sample_step`` (returning D^), then one ``lincomb`` of [x^, D^, x_e, out'] (D' folded in).
     Arguments as ``sample_euler``.
     """
-    return _sample_edm(True, model, x, process, steps, sigma_min, sigma_max, rho, churn, s_tmin,
-                       s_tmax, s_noise, prediction, seed, callback, progress)
+    _check_churn(churn, s_tmin, s_tmax, s_noise)
+    run = start("heun", model, x, process, prediction=prediction, seed=seed,
+                noise=churn > 0 and s_noise > 0, callback=callback, progress=progress)
+    return _edm_loop(run, True, x, steps, sigma_min, sigma_max, rho, churn, s_tmin, s_tmax,
+                     s_noise, prediction)
 
 
 def dpmpp_2m_columns(prediction: str, sig, a) -> dict:
@@ -172,6 +182,8 @@ def dpmpp_2m_columns(prediction: str, sig, a) -> dict:
                 qo=-c["m0"] * k * co_prev, k=k)
 
 
+@register("dpmpp_2m", title="DPM-Solver++(2M)", paper="Lu et al. 2022", processes=PROCESS_KINDS,
+          stochastic=False, order=2, nfe_per_step=1, sigma_view=True, quick={"steps": 4})
 def sample_dpmpp_2m(model, x, process, *, steps: int = 50, sigma_min=None, sigma_max=None,
                     rho: float = 7.0, prediction: str = "eps", seed=None, callback=None,
                     progress=False):
@@ -191,15 +203,17 @@ def sample_dpmpp_2m(model, x, process, *, steps: int = 50, sigma_min=None, sigma
     Returns:
         x_0 [B, ...].
     """
-    process, times, sig, a, x = _start(x, process, prediction, steps, sigma_min, sigma_max, rho)
+    run = start("dpmpp_2m", model, x, process, prediction=prediction, noise=False,
+                callback=callback, progress=progress)
+    times, sig, a, x = _start_grid(run, x, steps, sigma_min, sigma_max, rho)
     cols = dpmpp_2m_columns(prediction, sig, a)
     second = (cols.pop("k") > 0).tolist()
-    table, den = StepTable(cols, x.device), as_denoiser(model)
-    dev_times = model_times(process, times, x.device)
+    table, dev_times, den = run.table(cols), run.times(times), run.den
     prev = None
-    for i in steps_bar(len(table), progress, "dpmpp_2m"):
-        c, t = table.row(i), batch_time(dev_times, i, len(x))
+    for i in run.steps(len(table)):
+        c, t = table.row(i), run.t(dev_times, i)
         out, uncond = guided_pair(den, x, t, c["a"], c["std"], c["co"])
+        # x' = px x + po D-part (+ qx x_prev + qo D_prev-part): D_c = (1 + k) D - k D_prev
         terms, coefs = output_terms(den, out, uncond, c["po"])
         terms, coefs = [x, *terms], [c["px"], *coefs]
         if second[i]:
@@ -208,5 +222,5 @@ def sample_dpmpp_2m(model, x, process, *, steps: int = 50, sigma_min=None, sigma
         prev, x = (x, out, uncond), lincomb(terms, coefs)
         if callback is not None:
             terms, coefs = output_terms(den, out, uncond, c["co"])
-            callback({"i": i, "t": t, "x": x, "x0": lincomb([prev[0], *terms], [c["cx"], *coefs])})
+            run.report(i, t, x, x0=lincomb([prev[0], *terms], [c["cx"], *coefs]))
     return x

@@ -5,24 +5,13 @@ import numbers
 
 import torch
 
+from ..ode_solvers import DP_A, DP_C, DP_E, controlled_step, initial_step_from_norms
 from ..ops import StepCoefs, lincomb, sample_step
-from ..predictions import check_prediction, x0_coefs
-from ..schedules import as_process
-from ._common import (StepTable, as_denoiser, batch_time, check_process_kind, check_x,
-                      guided_pair, model_times, steps_bar)
+from ..predictions import x0_coefs
+from ._common import StepTable, guided_pair, start
+from .registry import register
 
 METHODS = ("euler", "heun", "rk45")
-
-# Dormand-Prince 5(4) (Dormand & Prince 1980): nodes c, stage weights a (the last row is b, the
-# 5th-order solution, so the last stage is f at the new point: first-same-as-last), e = b - b*.
-DP_C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
-DP_A = ((), (1 / 5,), (3 / 40, 9 / 40), (44 / 45, -56 / 15, 32 / 9),
-        (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
-        (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
-        (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84))
-DP_E = (71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 40)
-SAFETY, MIN_FACTOR, MAX_FACTOR = 0.9, 0.2, 10.0
-
 
 def drift_coefs(process, prediction: str, t) -> dict:
     """The probability-flow drift at times t as ``sample_step`` coefficients, host float64 [n]:
@@ -45,8 +34,7 @@ def output_terms(den, out, uncond, coef):
     return [out, uncond], [coef * den.guidance, coef * (1 - den.guidance)]
 
 
-def euler_heun_loop(den, x, table: StepTable, times, heun, *, pre=None, noise=None,
-                    callback=None, progress=False, desc: str = ""):
+def euler_heun_loop(run, x, table: StepTable, times, heun, *, pre=None, desc=None):
     """Run a fixed grid of Euler or Heun steps whose coefficients ``table`` holds, per step i:
 
     (pre[i])  x   = pre_mx x + pre_s z                   (EDM's churn; noise when pre_s > 0)
@@ -54,29 +42,29 @@ def euler_heun_loop(den, x, table: StepTable, times, heun, *, pre=None, noise=No
     (heun[i]) x_e = hx x + hd x0 + he x_e + ho o(x_e, t2_i)       (the trapezoid, one lincomb)
 
     Args:
+        run: the sampler's ``Run`` (model call, noise stream, callback, progress bar).
         table: ``StepTable`` with those columns and (a, std), (a2, std2, co2) for guidance.
         times: (t, t2), the model times of the two evaluations, [steps] on the device.
         heun, pre: per-step host booleans.
     """
-    batch = len(x)
-    for i in steps_bar(len(table), progress, desc):
+    den = run.den
+    for i in run.steps(len(table), desc):
         c = table.row(i)
         if pre is not None and pre[i]:
-            draws = noise.take() if noise is not None else {}
+            draws = run.draw()
             x = sample_step(x, x, StepCoefs(mx=c["pre_mx"], s=c["pre_s"] if draws else 0.0),
                             **draws)          # out = x is a placeholder: co = 0
-        t = batch_time(times[0], i, batch)
+        t = run.t(times[0], i)
         out, uncond = guided_pair(den, x, t, c["a"], c["std"], c["co"])
         x_e, x0 = sample_step(x, out, StepCoefs(cx=c["cx"], co=c["co"], mx=c["mx"], m0=c["m0"]),
                               return_x0=True, **den.fused_cfg(uncond))
         if heun[i]:
-            t2 = batch_time(times[1], i, batch)
+            t2 = run.t(times[1], i)
             out2, uncond2 = guided_pair(den, x_e, t2, c["a2"], c["std2"], c["co2"])
             terms, coefs = output_terms(den, out2, uncond2, c["ho"])
             x_e = lincomb([x, x0, x_e, *terms], [c["hx"], c["hd"], c["he"], *coefs])
         x = x_e
-        if callback is not None:
-            callback({"i": i, "t": t, "x": x, "x0": x0})
+        run.report(i, t, x, x0=x0)
     return x
 
 
@@ -89,26 +77,17 @@ def heun_columns(c: dict, c2: dict, h) -> dict:
             "a2": c2["a"], "std2": c2["std"], "co2": c2["co"]}
 
 
-def _fixed_step(den, x, process, prediction, method, steps, eps, callback, progress):
-    """Euler or Heun on the uniform grid t_i = 1 + i (eps - 1) / steps."""
+def _fixed_step(run, x, prediction, method, steps, eps):
+    """Euler or Heun on the uniform grid t_i = 1 + i (eps - 1) / steps:
+    x' = x + h d(x, t_i) (Euler); x' = x + h (d(x, t_i) + d(x + h d, t_{i+1})) / 2 (Heun)."""
+    process = run.process
     ts = torch.linspace(process.T, eps, steps + 1, dtype=torch.float64)
     h = ts[1:] - ts[:-1]
     c, c2 = drift_coefs(process, prediction, ts[:-1]), drift_coefs(process, prediction, ts[1:])
-    cols = dict(c, mx=1 + h * c["mx"], m0=h * c["m0"], **heun_columns(c, c2, h))
-    table = StepTable(cols, x.device)
-    times = (model_times(process, ts[:-1], x.device), model_times(process, ts[1:], x.device))
-    return euler_heun_loop(den, x, table, times, [method == "heun"] * steps, callback=callback,
-                           progress=progress, desc=f"ode {method}")
-
-
-def controlled_step(t, h, norm, retry, end):
-    """Dormand-Prince step-size control per sample (Hairer, Norsett & Wanner, I, II.4): accept
-    where the error norm <= 1 (t += h, landing exactly on ``end``), then h *= clamp(0.9
-    norm^(-1/5), 0.2, 10), not growing right after a rejection (``retry``). Returns (t, h, ok)."""
-    ok = norm <= 1
-    t = torch.where(ok, torch.where(h == end - t, end, t + h), t)
-    factor = (SAFETY * norm ** -0.2).clamp(MIN_FACTOR, MAX_FACTOR)
-    return t, h * torch.where(ok & retry, factor.clamp(max=1.0), factor), ok
+    table = run.table(dict(c, mx=1 + h * c["mx"], m0=h * c["m0"], **heun_columns(c, c2, h)))
+    times = (run.times(ts[:-1]), run.times(ts[1:]))
+    return euler_heun_loop(run, x, table, times, [method == "heun"] * steps,
+                           desc=f"ode {method}")
 
 
 def _rms(v, scale):
@@ -153,19 +132,12 @@ def _initial_step(den, x, k1, process, prediction, t, span, rtol, atol):
     return initial_step_from_norms(h0, d[1], d2, span)
 
 
-def initial_step_from_norms(h0, d1, d2, span):
-    """The last part of Hairer's starting step: h1 = (0.01 / max(d1, d2))^(1/5) from the scaled
-    norms d1 = |f| and d2 = |f(y + h0 f) - f| / h0, and h = min(100 h0, h1, span), per sample."""
-    top = torch.maximum(d1, d2)
-    h1 = torch.where(top <= 1e-15, (h0 * 1e-3).clamp(min=1e-6), (0.01 / top) ** 0.2)
-    return torch.minimum(torch.minimum(100 * h0, h1), span)
-
-
-def _rk45(den, x, process, prediction, eps, rtol, atol, max_steps, callback, progress, stats):
+def _rk45(run, x, prediction, eps, rtol, atol, max_steps, stats):
     """Dormand-Prince 5(4) from t = 1 to eps, a step size per sample (see ``sample_ode``)."""
     if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
         raise ValueError("method='rk45' adapts its steps on the host: it cannot run inside a CUDA "
                          "graph; use method='euler' or 'heun' with cuda_graph=True")
+    den, process = run.den, run.process
     batch, shape = len(x), (-1,) + (1,) * (x.ndim - 1)
     t = torch.full((batch,), float(process.T), dtype=torch.float64)
     k1 = _drift(den, x, _device_columns(_stage_columns(process, prediction, [t]), x.device), 0)
@@ -173,7 +145,7 @@ def _rk45(den, x, process, prediction, eps, rtol, atol, max_steps, callback, pro
     accepted = torch.zeros(batch, dtype=torch.long)
     rejected = torch.zeros(batch, dtype=torch.long)
     retry = torch.zeros(batch, dtype=torch.bool)     # no growth right after a rejection
-    for i in steps_bar(max_steps, progress, "ode rk45"):
+    for i in run.steps(max_steps, "ode rk45"):
         active = t > eps
         if not active.any():
             break
@@ -195,8 +167,7 @@ def _rk45(den, x, process, prediction, eps, rtol, atol, max_steps, callback, pro
         accepted += ok & active
         rejected += ~ok & active
         retry = ~ok
-        if callback is not None:
-            callback({"i": i, "t": t, "x": x})
+        run.report(i, t, x)
     else:
         if (t > eps).any():
             raise RuntimeError(f"rk45 did not reach t = {eps} within max_steps={max_steps} "
@@ -206,6 +177,9 @@ def _rk45(den, x, process, prediction, eps, rtol, atol, max_steps, callback, pro
     return x
 
 
+@register("ode", title="probability-flow ODE", paper="Song et al. 2021", processes=("sde",),
+          stochastic=False, order=5, nfe_per_step=6, adaptive={"method": "rk45"},
+          quick={"method": "heun", "steps": 3})
 def sample_ode(model, x, process, *, method: str = "rk45", steps=None, rtol: float = 1e-5,
                atol: float = 1e-5, eps=None, max_steps: int = 10000, prediction: str = "eps",
                seed=None, callback=None, progress=False, stats=None):
@@ -240,18 +214,16 @@ def sample_ode(model, x, process, *, method: str = "rk45", steps=None, rtol: flo
     Returns:
         x_eps [B, ...].
     """
-    check_x(x)
-    process = as_process(process)
-    check_process_kind(process, ("sde",), "ode", "; for a discrete schedule or a noise ladder "
-                       "use sampler 'euler', 'heun' or 'dpmpp_2m' (EDM's), or 'ddim'")
-    check_prediction(prediction)
+    run = start("ode", model, x, process, prediction=prediction, noise=False, callback=callback,
+                progress=progress, hint="; for a discrete schedule or a noise ladder use sampler "
+                "'euler', 'heun' or 'dpmpp_2m' (EDM's), or 'ddim'")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    process = run.process
     eps = process.sampling_eps if eps is None else eps
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 < eps < process.T:
         raise ValueError(f"eps must be a float in (0, {process.T}), got {eps!r}")
-    den = as_denoiser(model)
-    nfe0 = den.nfe
+    nfe0 = run.den.nfe
     if method == "rk45":
         if steps is not None:
             raise ValueError("steps is for method 'euler' or 'heun'; rk45 chooses its own steps "
@@ -261,16 +233,14 @@ def sample_ode(model, x, process, *, method: str = "rk45", steps=None, rtol: flo
         if isinstance(max_steps, bool) or not isinstance(max_steps, numbers.Integral) \
                 or max_steps < 1:
             raise ValueError(f"max_steps must be an int >= 1, got {max_steps!r}")
-        x = _rk45(den, x, process, prediction, float(eps), rtol, atol, max_steps, callback,
-                  progress, stats)
+        x = _rk45(run, x, prediction, float(eps), rtol, atol, max_steps, stats)
     else:
         steps = 100 if steps is None else steps
         if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
             raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-        x = _fixed_step(den, x, process, prediction, method, int(steps), float(eps), callback,
-                        progress)
+        x = _fixed_step(run, x, prediction, method, int(steps), float(eps))
         if stats is not None:
             stats.update(steps=int(steps), rejected=0)
     if stats is not None:
-        stats["nfe"] = den.nfe - nfe0
+        stats["nfe"] = run.den.nfe - nfe0
     return x

@@ -8,11 +8,11 @@ import numbers
 import torch
 
 from ..ops import StepCoefs, langevin_step, lincomb, randn, sample_step
-from ..predictions import check_prediction, target_coefs, x0_coefs
+from ..predictions import target_coefs, x0_coefs
 from ..schedules import as_process
 from ..sde import SubVPSDE, VESDE, VPSDE
-from ._common import (NoiseStream, StepTable, as_denoiser, batch_time, check_process_kind,
-                      check_x, model_times, steps_bar)
+from ._common import as_denoiser, check_process_kind, start
+from .registry import register
 
 PREDICTORS = ("reverse_diffusion", "euler_maruyama", "ancestral", "none")
 CORRECTORS = ("langevin", "ald", "none")
@@ -85,11 +85,11 @@ def _score(den, x, out, uncond, c, direct: bool):
     return lincomb([x, out, uncond], [c["sx"], c["so"] * w, c["so"] * (1 - w)])
 
 
-def _replace(x, mask, known, c, noise):
+def _replace(x, mask, known, c, run):
     """x = where(mask, a(t) known + std(t) z, x): the known part, correctly noised."""
     if mask is None:
         return x
-    noised = sample_step(known, known, StepCoefs(mx=c["a"], s=c["std"]), **noise.take())
+    noised = sample_step(known, known, StepCoefs(mx=c["a"], s=c["std"]), **run.draw())
     return torch.where(mask, noised, x)
 
 
@@ -142,6 +142,8 @@ def _check_options(process, predictor, corrector, snr, n_corrector, steps, eps):
     return n_corrector, int(n), eps
 
 
+@register("pc", title="predictor-corrector", paper="Song et al. 2021", processes=("sde",),
+          stochastic=True, order=1, nfe_per_step="n_corrector + 1", quick={"steps": 25})
 def sample_pc(model, x, process, *, steps=None, predictor: str = "reverse_diffusion",
               corrector: str = "langevin", snr: float = 0.16, n_corrector: int = 1,
               denoise: bool = True, eps=None, mask=None, known=None, norm: str = "batch",
@@ -180,43 +182,35 @@ def sample_pc(model, x, process, *, steps=None, predictor: str = "reverse_diffus
     Returns:
         samples [B, ...]. N (n_corrector + 1) model calls (N n_corrector without predictor).
     """
-    check_x(x)
-    process = as_process(process)
-    check_process_kind(process, ("sde",), "pc")
-    check_prediction(prediction)
-    n_corrector, n, eps = _check_options(process, predictor, corrector, snr, n_corrector, steps,
-                                         eps)
+    run = start("pc", model, x, process, prediction=prediction, seed=seed, classifier=False,
+                callback=callback, progress=progress)
+    n_corrector, n, eps = _check_options(run.process, predictor, corrector, snr, n_corrector,
+                                         steps, eps)
     mask, known = _check_mask(mask, known, x)
     if norm not in ("sample", "batch"):
         raise ValueError(f"norm must be 'sample' or 'batch', got {norm!r}")
-    sde = with_steps(process, n)
+    sde = with_steps(run.process, n)
     grid = torch.linspace(sde.T, eps, sde.N, dtype=torch.float64)
-    den = as_denoiser(model)
-    if den.classifier is not None:
-        raise ValueError("the pc sampler does not take classifier guidance")
-    noise = NoiseStream(seed, len(x), x.device)
-    table = StepTable(pc_table(sde, grid, predictor, corrector, snr, prediction, denoise),
-                      x.device)
-    times = model_times(sde, grid, x.device)
+    table = run.table(pc_table(sde, grid, predictor, corrector, snr, prediction, denoise))
+    times, den = run.times(grid, sde), run.den
     snr_arg = {"snr": snr, "norm": norm} if corrector == "langevin" else {}
-    x = _replace(x, mask, known, table.row(0), noise)
-    for i in steps_bar(sde.N, progress, "pc"):
-        c, t, x0 = table.row(i), batch_time(times, i, len(x)), None
-        for _ in range(n_corrector):
+    x = _replace(x, mask, known, table.row(0), run)
+    for i in run.steps(sde.N):
+        c, t, x0 = table.row(i), run.t(times, i), None
+        for _ in range(n_corrector):      # x <- x + e s + sqrt(2 e) z
             out, uncond = den.pair(x, t)
             score = _score(den, x, out, uncond, c, prediction == "score")
-            x = langevin_step(x, score, c["step"], **snr_arg, **noise.take())
-            x = _replace(x, mask, known, c, noise)
-        if predictor != "none":
+            x = langevin_step(x, score, c["step"], **snr_arg, **run.draw())
+            x = _replace(x, mask, known, c, run)
+        if predictor != "none":           # x <- A x + B s + S z
             out, uncond = den.pair(x, t)
             coefs = StepCoefs(cx=c["cx"], co=c["co"], m0=c["m0"], mx=c["mx"], s=c["s"])
             x = sample_step(x, out, coefs, return_x0=callback is not None,
-                            **den.fused_cfg(uncond), **noise.take())
+                            **den.fused_cfg(uncond), **run.draw())
             if callback is not None:
                 x, x0 = x
-            x = _replace(x, mask, known, c, noise)
-        if callback is not None:
-            callback({"i": i, "t": t, "x": x, "x0": x0})
+            x = _replace(x, mask, known, c, run)
+        run.report(i, t, x, x0=x0)
     if denoise and mask is not None:
         x = torch.where(mask, known, x)
     return x

@@ -5,8 +5,10 @@ import math
 import numbers
 import torch
 
+from ..data.batches import StepBatches
 from ..ops import langevin_step
-from ._common import NoiseStream, steps_bar
+from ..utils import steps_bar
+from ._common import NoiseStream
 
 
 def sgld_step_sizes(n_iter: int, a: float, b: float, gamma: float) -> torch.Tensor:
@@ -62,9 +64,10 @@ def sgld(grad_log_prior, grad_log_lik, data, theta0, *, n_iter: int, batch_size:
 
     one ``langevin_step(theta, drift, eps_t / 2)`` (x + e s + sqrt(2 e) z with e = eps_t / 2).
     Minibatches of n = ``batch_size`` are read without replacement within each epoch, in an order
-    drawn from ``seed`` (the Trainer's ``StepBatches``); the noise is the ops' stream of ``seed``,
-    independent across the elements of theta. Parallel chains are a leading dimension of theta0
-    that the gradient functions handle ([C, P] theta): they share each minibatch.
+    drawn from ``seed`` (the Trainer's ``StepBatches``, ``pydiffuse.data.batches``); the noise is
+    the ops' stream of ``seed``, independent across the elements of theta. Parallel chains are a
+    leading dimension of theta0 that the gradient functions handle ([C, P] theta): they share
+    each minibatch.
 
     Convention: ``grad_log_lik(theta, batch)`` returns the SUM over the minibatch of the
     per-example gradients (not the mean); sgld scales it by N / n.
@@ -89,8 +92,6 @@ def sgld(grad_log_prior, grad_log_lik, data, theta0, *, n_iter: int, batch_size:
     Returns:
         the chain: samples [S, ...theta0's shape], S = (n_iter - burn_in) // thin (and the info).
     """
-    from ..training.trainer import StepBatches     # here: training imports the samplers
-
     for name, fn in (("grad_log_prior", grad_log_prior), ("grad_log_lik", grad_log_lik)):
         if not callable(fn):
             raise TypeError(f"{name} must be callable, got {type(fn).__name__}")

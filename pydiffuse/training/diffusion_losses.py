@@ -11,7 +11,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..likelihood.vlb import gather_rows, p_mean_logvar, vlb_columns, vlb_terms
 from ..ops import lincomb
 from .losses import (Objective, call_model, check_output, check_process, draw_time, mean_flat,
                      noised, time_at)
@@ -75,7 +74,7 @@ class DDPMLoss(_DiscreteObjective):
         if prediction not in TARGETS:
             raise ValueError(f"prediction must be one of {TARGETS}, got {prediction!r}")
         self.prediction = prediction
-        self.columns = vlb_columns(self.schedule, prediction, "learned_range")
+        self.columns = self.schedule.reverse_table(prediction, "learned_range")
 
     def compute(self, model, x0, y) -> dict:
         draw, weights, noise, x_t = self.noise_batch(x0)
@@ -92,9 +91,10 @@ class DDPMLoss(_DiscreteObjective):
     def vlb_bpd(self, out, x0, x_t, draw):
         """L_{t-1} of each example in bits per dimension, [B]."""
         x0, x_t = x0.float(), x_t.float()
-        rows = gather_rows(self.columns, draw.pos, x0)
-        mean, log_var, _ = p_mean_logvar(rows, out, x_t, "learned_range")
-        nats = vlb_terms(rows, x0, x_t, draw.pos, mean, log_var)
+        sched = self.schedule
+        rows = sched.gather_rows(self.columns, draw.pos, x0)
+        mean, log_var, _ = sched.p_mean_logvar(rows, out, x_t, "learned_range")
+        nats = sched.vlb_terms(rows, x0, x_t, draw.pos, mean, log_var)
         return nats / (x0[0].numel() * math.log(2))
 
 
@@ -126,16 +126,17 @@ class VLBLoss(_DiscreteObjective):
                  timestep_sampler="loss-second-moment", p_uncond: float = 0.0, null_class=None):
         super().__init__(schedule, timestep_sampler, p_uncond=p_uncond, null_class=null_class)
         self.prediction, self.variance = prediction, variance
-        self.columns = vlb_columns(self.schedule, prediction, variance)
+        self.columns = self.schedule.reverse_table(prediction, variance)
 
     def compute(self, model, x0, y) -> dict:
         draw, weights, _, x_t = self.noise_batch(x0)
         out = check_output(call_model(model, x_t, draw.model_t, y), x0,
                            2 if self.variance == "learned_range" else 1)
         x0, x_t = x0.float(), x_t.float()
-        rows = gather_rows(self.columns, draw.pos, x0)
-        mean, log_var, _ = p_mean_logvar(rows, out, x_t, self.variance)
-        nats = vlb_terms(rows, x0, x_t, draw.pos, mean, log_var)
+        sched = self.schedule
+        rows = sched.gather_rows(self.columns, draw.pos, x0)
+        mean, log_var, _ = sched.p_mean_logvar(rows, out, x_t, self.variance)
+        nats = sched.vlb_terms(rows, x0, x_t, draw.pos, mean, log_var)
         per = len(self.schedule) * nats / (x0[0].numel() * math.log(2))
         return self.finish(per, draw, weights)
 

@@ -15,7 +15,7 @@ import torch
 
 from ..ops import lincomb
 from ..schedules import as_process
-from ..sde import _per_sample as per_sample  # noqa: F401 (the objectives' broadcast)
+from ..utils import per_sample  # noqa: F401 (the objectives' broadcast)
 
 
 def split_batch(batch):

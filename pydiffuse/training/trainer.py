@@ -12,7 +12,8 @@ A fresh run is reproducible too when its model is built inside ``seeded_init(see
 stream, ``mix_seed(seed, INIT_STREAM)``, apart from the per-step and data streams.
 
 The seed streams (``mix_seed`` of): (seed, STEP_STREAM, step, rank) a step's global RNGs;
-(seed, DATA_STREAM, epoch) the data order; (seed, INIT_STREAM) the model's initialisation.
+(seed, DATA_STREAM, epoch) the data order; (seed, INIT_STREAM) the model's initialisation
+(``StepBatches`` and the seeds are ``pydiffuse.data.batches``', shared with SGLD).
 """
 
 import contextlib
@@ -21,16 +22,22 @@ import json
 import logging
 import math
 import os
-import random
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset, default_collate
+from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 from tqdm.auto import tqdm
 
+from ..data.batches import (  # noqa: F401 (re-exported: the Trainer's seed streams)
+    DATA_STREAM,
+    INIT_STREAM,
+    STEP_STREAM,
+    StepBatches,
+    mix_seed,
+    seed_all,
+)
 from . import distributed
 from .checkpoint import (
     checkpoints,
@@ -44,30 +51,9 @@ from .ema import EMA
 
 logger = logging.getLogger("pydiffuse.training")
 
-_MASK64 = (1 << 64) - 1
 AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 DEFAULT_SEED = 0
-STEP_STREAM, DATA_STREAM, INIT_STREAM = 0, 1, 2     # the tags of mix_seed's streams
-
-
-def mix_seed(*values: int) -> int:
-    """A 63-bit seed from a tuple of ints (SplitMix64's finalizer folded over them), so that
-    (seed, step, rank) streams are unrelated although their ints are close."""
-    z = 0
-    for v in values:
-        z = (z + (int(v) & _MASK64) + 0x9E3779B97F4A7C15) & _MASK64
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-        z ^= z >> 31
-    return z >> 1
-
-
-def seed_all(seed: int):
-    """Seed torch (CPU and CUDA), numpy's and Python's global generators."""
-    torch.manual_seed(seed)
-    np.random.seed(seed & 0xFFFFFFFF)
-    random.seed(seed)
 
 
 @contextlib.contextmanager
@@ -90,48 +76,6 @@ def seeded_init(seed: int = DEFAULT_SEED):
         if cuda:
             torch.cuda.manual_seed(value)
         yield
-
-
-class StepBatches(Sampler):
-    """The example indices of each step, a pure function of (seed, step): the data are read in
-    epochs, each a permutation drawn from (seed, epoch); step s takes items [sB, (s+1)B) of that
-    stream and rank r the r-th of its world_size equal slices. A resumed run therefore reads
-    exactly what an uninterrupted one would.
-
-    Args:
-        n: dataset size. batch_size: the global batch B. seed: the data seed.
-        start, stop: the steps to yield. rank, world_size: this process's slice.
-    """
-
-    def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int,
-                 rank: int = 0, world_size: int = 1):
-        self.n, self.batch, self.seed = n, batch_size, seed
-        self.start, self.stop, self.rank, self.world = start, stop, rank, world_size
-        self._epoch, self._perm = None, None
-
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        if epoch != self._epoch:
-            gen = torch.Generator().manual_seed(mix_seed(self.seed, DATA_STREAM, epoch))
-            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=gen)
-        return self._perm
-
-    def indices(self, step: int) -> torch.Tensor:
-        """This rank's indices at ``step``, [B / world_size]."""
-        local = self.batch // self.world
-        pos, parts = step * self.batch + self.rank * local, []
-        while local > 0:
-            epoch, offset = divmod(pos, self.n)
-            part = self._permutation(epoch)[offset:offset + local]
-            parts.append(part)
-            pos, local = pos + len(part), local - len(part)
-        return torch.cat(parts)
-
-    def __iter__(self):
-        for step in range(self.start, self.stop):
-            yield self.indices(step).tolist()
-
-    def __len__(self) -> int:
-        return max(0, self.stop - self.start)
 
 
 def _unwrap(batch):

@@ -9,7 +9,7 @@ import pydiffuse
 from pydiffuse import schedules, sde
 from pydiffuse.nn import GaussianMixtureScore
 from pydiffuse.ops import randn
-from pydiffuse.samplers import Denoiser, clear_graphs, sample_ddim, sample_ddpm
+from pydiffuse.samplers import SAMPLERS, Denoiser, clear_graphs, sample_ddim, sample_ddpm
 from tests.samplers.oracle_cases import mixture_2d
 
 SCHED = schedules.linear(1000)
@@ -30,6 +30,24 @@ def test_same_as_the_sampler_function(sampler, prediction):
     fn = sample_ddim if sampler == "ddim" else sample_ddpm
     direct = fn(mix, randn([64, 2], 3, 0), SCHED, steps=20, prediction=prediction, seed=3,
                 **opts)
+    torch.testing.assert_close(out, direct, rtol=0, atol=0)
+
+
+PROCESS_OF_KIND = {"discrete": lambda: SCHED, "sde": sde.VPSDE,
+                   "ladder": lambda: schedules.geometric_sigmas(5.0, 0.05, 6)}
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_every_sampler_same_as_its_function(name):
+    """``pydiffuse.sample(sampler=name)``: x_T from the noise stream's step 0, then the
+    registered function with the same seed, prediction and options (its ``quick`` ones)."""
+    entry = SAMPLERS[name]
+    process = PROCESS_OF_KIND[entry.processes[0]]()
+    mix = mixture_2d(process, "v")
+    out = pydiffuse.sample(mix, (32, 2), process=process, sampler=name, prediction="v", seed=3,
+                           **entry.quick)
+    x_T = randn([32, 2], 3, 0) * mix.process.prior_std
+    direct = entry.fn(mix, x_T, process, prediction="v", seed=3, **entry.quick)
     torch.testing.assert_close(out, direct, rtol=0, atol=0)
 
 

@@ -9,7 +9,7 @@ import struct
 import pytest
 import torch
 
-from pydiffuse import pipeline
+from pydiffuse import loading, pipeline
 from pydiffuse.training.checkpoint import (
     CheckpointError,
     checkpoints,
@@ -211,10 +211,10 @@ def test_shipped_models_carry_a_verified_manifest(tmp_path, name):
     copy.mkdir()
     for f in shipped.iterdir():
         (copy / f.name).write_bytes(f.read_bytes())
-    pipeline.load(copy)
+    loading.load(copy)
     flip_8_bytes(copy / "model.safetensors")
     with pytest.raises(CheckpointError, match=r"model\.safetensors: SHA-256 checksum mismatch"):
-        pipeline.load(copy)
+        loading.load(copy)
 
 
 @pytest.mark.parametrize("damage", ["missing state", "bad json", "not a directory"])
@@ -244,7 +244,7 @@ def test_resume_refuses_flipped_bytes(tmp_path, name):
     with pytest.raises(CheckpointError, match=rf"{name.replace('.', '[.]')}: SHA-256"):
         make_trainer(tmp_path, resume=True)
     with pytest.raises(CheckpointError, match=rf"{name.replace('.', '[.]')}: SHA-256"):
-        pipeline.load(tmp_path)
+        loading.load(tmp_path)
 
 
 def test_trainer_refuses_a_tampered_checkpoint(tmp_path):

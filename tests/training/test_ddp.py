@@ -18,11 +18,12 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from pydiffuse import schedules
+from pydiffuse import samplers, schedules
+from pydiffuse.data import StepBatches
 from pydiffuse.nn import GaussianMixtureScore
 from pydiffuse.training import distributed
 from pydiffuse.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from pydiffuse.training.trainer import StepBatches, Trainer
+from pydiffuse.training.trainer import Trainer
 from tests.training.test_trainer import SimpleDDPM, T, TinyMLP
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,10 +79,10 @@ class Conditional(torch.nn.Module):
 def draw(path) -> Path:
     process = schedules.linear(100)
     labels = torch.arange(NUM_SAMPLES) % 3
-    return distributed.sample_to_npz(Conditional(process), NUM_SAMPLES, path, shape=(2,),
-                                     process=process, batch_size=SAMPLE_BATCH, seed=7,
-                                     labels=labels, null_label=3, guidance=1.5, sampler="ddim",
-                                     steps=10, progress=False)
+    return samplers.sample_to_npz(Conditional(process), NUM_SAMPLES, path, shape=(2,),
+                                  process=process, batch_size=SAMPLE_BATCH, seed=7,
+                                  labels=labels, null_label=3, guidance=1.5, sampler="ddim",
+                                  steps=10, progress=False)
 
 
 @pytest.mark.parametrize("world", [1, 2, 4])

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from pydiffuse import config, pipeline
+from pydiffuse import config, loading
 from pydiffuse.lsgm import nelbo
 from pydiffuse.nn import MLP, MixedScore, build_lsgm
 from pydiffuse.sde import VPSDE
@@ -156,7 +156,7 @@ def test_pipeline_samples_decoded_images(tmp_path):
     cfg = config.load_config("configs/lsgm.yaml")
     cfg["model"].update(vae={"channels": 8}, prior={"hidden": 16, "depth": 1})
     config.train_from_config(cfg, tmp_path, steps=2, batch_size=8, progress=False)
-    pipe = pipeline.load(tmp_path)
+    pipe = loading.load(tmp_path)
     assert pipe.event_shape == (1, 8, 8)
     for kw in ({}, {"method": "heun", "steps": 3}, {"sampler": "pc", "steps": 25}):
         x = pipe.sample(3, progress=False, **kw)

@@ -1,0 +1,69 @@
+"""``pydiffuse.load``: a trained checkpoint (a run directory, a checkpoint directory or a
+shipped model) as a ready-to-sample ``Pipeline``, an LSGM checkpoint as an ``LSGMPipeline``; and
+``export``, a checkpoint reduced to what ``load`` needs. Above ``pipeline`` and ``lsgm`` (which
+no longer import each other)."""
+
+import json
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from . import config as run_config
+from .lsgm import LSGMPipeline
+from .pipeline import SHIPPED, Pipeline
+from .training.checkpoint import latest_checkpoint, read_weights, write_manifest
+
+
+def _event_shape(kwargs: dict) -> tuple:
+    """A sample's shape from the model's constructor keywords (UNet: C, H, W; MLP: D)."""
+    if "image_size" in kwargs and "in_channels" in kwargs:
+        return (kwargs["in_channels"], kwargs["image_size"], kwargs["image_size"])
+    if "dim" in kwargs:
+        return (kwargs["dim"],)
+    raise ValueError("cannot tell the data shape from the model's configuration")
+
+
+def load(path, *, device=None, ema: bool = True) -> Pipeline:
+    """A ``Pipeline`` from a checkpoint directory (or a run directory: its newest checkpoint), or
+    a shipped model by name ("digits", "lsgm"); an LSGM checkpoint gives a
+    ``pydiffuse.lsgm.LSGMPipeline`` (same ``sample``, latent samplers "ode" and "pc", decoded
+    images).
+
+    Args:
+        path: ``<run_dir>/step_<N>``, ``<run_dir>``, or a name of ``SHIPPED``.
+        device: where the model goes (default the CPU).
+        ema: use the EMA weights (the slowest rate) when the checkpoint has them.
+    """
+    if isinstance(path, str) and path in SHIPPED:
+        path = SHIPPED[path]
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        newest = latest_checkpoint(path) if path.is_dir() else None
+        if newest is None:
+            raise FileNotFoundError(f"{path}: not a checkpoint or a run directory with one (or "
+                                    f"a shipped model: {', '.join(SHIPPED)})")
+        path = newest
+    weights, config = read_weights(path, ema)
+    model, model_kwargs = run_config.build_model(config)
+    model.load_state_dict(weights)
+    model.to(device or "cpu").eval()
+    if config["model"].get("preset") == "lsgm":
+        return LSGMPipeline(model, config)
+    return Pipeline(model, run_config.build_process(config), config.get("prediction", "eps"),
+                    config, _event_shape(model_kwargs))
+
+
+def export(path, out_dir, *, ema: bool = True) -> Path:
+    """A checkpoint reduced to what ``load`` needs: model.safetensors (the EMA weights when
+    ``ema``), config.json and their manifest.json (checksums, verified by ``load``); how the
+    shipped models were made from their training runs."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        path = latest_checkpoint(path) or path
+    weights, config = read_weights(path, ema)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in weights.items()}, out / "model.safetensors")
+    (out / "config.json").write_text(json.dumps(config, indent=1))
+    write_manifest(out)
+    return out
