@@ -72,6 +72,12 @@ inline void check_table(const at::Tensor& table, int64_t rows, int64_t batch, co
               ", x on ", x.device());
 }
 
+// A checked coefficient table as the CPU kernels read it (cpu/coef_table.h): rows shared by the
+// batch stay unexpanded (stride 0 over B), any other table is made C-order.
+inline at::Tensor table_layout(const at::Tensor& table) {
+  return table.size(1) == 1 || table.stride(1) == 0 ? table : table.contiguous();
+}
+
 inline void check_seeds(const at::Tensor& seeds, int64_t batch, const at::Tensor& x) {
   TORCH_CHECK(seeds.scalar_type() == at::kLong && seeds.dim() == 1 &&
                   (seeds.numel() == 1 || seeds.numel() == batch),

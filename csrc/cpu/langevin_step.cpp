@@ -10,6 +10,7 @@
 
 #include "common/step.h"
 #include "cpu/chunks.h"
+#include "cpu/coef_table.h"
 #include "cpu/noise.h"
 #include "torch_utils.h"
 #ifdef PYDIFFUSE_WITH_CUDA
@@ -54,7 +55,7 @@ LangevinInputs prepare_langevin_step(const at::Tensor& x, const at::Tensor& scor
   check_table(coefs, kNumLangevinCoefs, g.batch, x, "coefs");
   if (seeds) check_seeds(*seeds, g.batch, x);
   const auto xc = x.contiguous(format);
-  return {g, xc, score.contiguous(format), coefs.contiguous(), output_like(xc, format),
+  return {g, xc, score.contiguous(format), table_layout(coefs), output_like(xc, format),
           output_like(xc, format, return_mean), contiguous_as(noise, format),
           contiguous_as(seeds, at::MemoryFormat::Contiguous)};
 }
@@ -66,19 +67,22 @@ TORCH_LIBRARY_IMPL(pydiffuse, Meta, m) { m.impl("langevin_step", &langevin_step_
 namespace cpu {
 namespace {
 
+// next = x + e score + sqrt(2 e) z (and mean = x + e score) over a run; e one step size or (es)
+// one per element.
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void langevin_chunk(const float* x, const float* score, const float* z, float e, float* next,
-                    float* mean, int64_t count) {
+void langevin_chunk(const float* x, const float* score, const float* z, float e, const float* es,
+                    float* next, float* mean, int64_t count) {
   const float scale = std::sqrt(2.0f * e);
   for (int64_t i = 0; i < count; ++i) {
-    const float m = x[i] + e * score[i];
-    next[i] = m + scale * z[i];
+    const float ei = es ? es[i] : e;
+    const float m = x[i] + ei * score[i];
+    next[i] = m + (es ? std::sqrt(2.0f * ei) : scale) * z[i];
     if (mean) mean[i] = m;
   }
 }
 
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-double sum_squares(const float* v, int64_t count) {
+double sum_squares_vectorized(const float* v, int64_t count) {
   float lanes[16] = {};
   int64_t i = 0;
   for (; i + 16 <= count; i += 16)
@@ -89,48 +93,59 @@ double sum_squares(const float* v, int64_t count) {
   return total;
 }
 
+// sum v_i^2, in lanes of 16 floats (a short sample in double, without the call's overhead).
+inline double sum_squares(const float* v, int64_t count) {
+  if (count >= 16) return sum_squares_vectorized(v, count);
+  double total = 0;
+  for (int64_t i = 0; i < count; ++i) total += static_cast<double>(v[i]) * v[i];
+  return total;
+}
+
 struct LangevinArgs {
   Geometry g;
-  const float* coefs;
-  const int64_t* seeds;
-  bool per_sample_seeds;
+  CoefTable coefs;
+  NoiseSeeds seeds;
   int64_t step;
   float* noise_store;  // [B, per_sample] in x's memory order, or null
   bool noise_stored;   // noise_store holds the stream
 };
 
-// The chunk's noise as float32: the given tensor, the stored stream, or the stream drawn into
+// The span's noise as float32: the given tensor, the stored stream, or the stream drawn into
 // `buffer` (or into the store, when there is one).
 template <typename scalar_t>
-const float* chunk_noise(const LangevinArgs& a, const scalar_t* noise, int64_t b, int64_t m_begin,
-                         int64_t count, float* buffer) {
-  const int64_t base = b * a.g.per_sample + m_begin;
-  if (noise) return load_f32(noise + base, count, buffer);
-  if (a.noise_stored) return a.noise_store + base;
-  float* z = a.noise_store ? a.noise_store + base : buffer;
-  fill_noise(z, m_begin, count, a.g, noise_key(a.seeds, a.per_sample_seeds, b),
-             static_cast<uint32_t>(a.step));
+const float* span_noise(const LangevinArgs& a, const scalar_t* noise, const Span& s,
+                        float* buffer) {
+  if (noise) return load_f32(noise + s.base, s.count, buffer);
+  if (a.noise_stored) return a.noise_store + s.base;
+  float* z = a.noise_store ? a.noise_store + s.base : buffer;
+  fill_noise(z, s, a.g, a.seeds, static_cast<uint32_t>(a.step));
   return z;
 }
 
-// e_b = 2 * step_size_b * (snr_b * |z| / |score|)^2, norms per sample or batch-averaged.
+// e_b = 2 * step_size_b * (snr_b * |z| / |score|)^2, norms per sample or batch-averaged; each
+// sample's sums of squares add up its pieces (cpu/chunks.h) in order.
 template <typename scalar_t>
 std::vector<float> adaptive_step_sizes(const LangevinArgs& a, const scalar_t* score,
                                        const scalar_t* noise, bool per_sample_norm) {
   const Geometry& g = a.g;
-  std::vector<double> partial(2 * num_chunks(g));
-  for_each_chunk(g, [&](int64_t chunk, int64_t b, int64_t m_begin, int64_t count) {
+  const int64_t pieces = SpanLayout(g).pieces;
+  std::vector<double> partial(2 * g.batch * pieces);
+  for_each_span(g, [&](const Span& s) {
     float sb[kChunk], zb[kChunk];
-    partial[2 * chunk] = sum_squares(load_f32(score + b * g.per_sample + m_begin, count, sb), count);
-    partial[2 * chunk + 1] = sum_squares(chunk_noise(a, noise, b, m_begin, count, zb), count);
+    const float* sc = load_f32(score + s.base, s.count, sb);
+    const float* z = span_noise(a, noise, s, zb);
+    for_each_segment(g, s, [&](int64_t b, int64_t m_begin, int64_t offset, int64_t count) {
+      const int64_t piece = b * pieces + m_begin / kChunk;
+      partial[2 * piece] = sum_squares(sc + offset, count);
+      partial[2 * piece + 1] = sum_squares(z + offset, count);
+    });
   });
-  const int64_t per_sample_chunks = chunks_per_sample(g);
   std::vector<double> score_norm(g.batch), noise_norm(g.batch);
   for (int64_t b = 0; b < g.batch; ++b) {
     double ss = 0, zz = 0;
-    for (int64_t k = 0; k < per_sample_chunks; ++k) {
-      ss += partial[2 * (b * per_sample_chunks + k)];
-      zz += partial[2 * (b * per_sample_chunks + k) + 1];
+    for (int64_t k = 0; k < pieces; ++k) {
+      ss += partial[2 * (b * pieces + k)];
+      zz += partial[2 * (b * pieces + k) + 1];
     }
     score_norm[b] = std::sqrt(ss), noise_norm[b] = std::sqrt(zz);
   }
@@ -142,26 +157,55 @@ std::vector<float> adaptive_step_sizes(const LangevinArgs& a, const scalar_t* sc
   }
   std::vector<float> e(g.batch);
   for (int64_t b = 0; b < g.batch; ++b) {
-    const double ratio = a.coefs[kSnr * g.batch + b] * noise_norm[b] / score_norm[b];
-    e[b] = static_cast<float>(2.0 * a.coefs[kStepSize * g.batch + b] * ratio * ratio);
+    const double ratio = a.coefs.at(kSnr, b) * noise_norm[b] / score_norm[b];
+    e[b] = static_cast<float>(2.0 * a.coefs.at(kStepSize, b) * ratio * ratio);
   }
   return e;
 }
 
+// e_b of each sample of span s from its own norms (per-sample norms, whole samples: every
+// sample lies in one span, so its norms and its step take one pass), one value per element.
+void span_step_sizes(const LangevinArgs& a, const Span& s, const float* score, const float* z,
+                     float* e) {
+  for_each_segment(a.g, s, [&](int64_t b, int64_t, int64_t offset, int64_t count) {
+    const double ratio = a.coefs.at(kSnr, b) * std::sqrt(sum_squares(z + offset, count)) /
+                         std::sqrt(sum_squares(score + offset, count));
+    std::fill_n(e + offset, count,
+                static_cast<float>(2.0 * a.coefs.at(kStepSize, b) * ratio * ratio));
+  });
+}
+
+// e of sample b at e->at(0, b): one step size for the batch, or one per sample; null: each
+// sample's own, from its norms in the same pass (span_step_sizes).
 template <typename scalar_t>
-void langevin_kernel(const LangevinArgs& a, const float* e, const scalar_t* x,
+void langevin_kernel(const LangevinArgs& a, const CoefTable* e, const scalar_t* x,
                      const scalar_t* score, const scalar_t* noise, scalar_t* next,
                      scalar_t* mean) {
   const Geometry& g = a.g;
-  for_each_chunk(g, [&](int64_t, int64_t b, int64_t m_begin, int64_t count) {
-    float xb[kChunk], sb[kChunk], zb[kChunk], nb[kChunk], mb[kChunk];
-    const int64_t base = b * g.per_sample + m_begin;
-    float* next_f = result_f32(next + base, nb);
-    float* mean_f = mean ? result_f32(mean + base, mb) : nullptr;
-    langevin_chunk(load_f32(x + base, count, xb), load_f32(score + base, count, sb),
-                   chunk_noise(a, noise, b, m_begin, count, zb), e[b], next_f, mean_f, count);
-    store_result(next_f, count, next + base);
-    if (mean) store_result(mean_f, count, mean + base);
+  for_each_span(g, [&](const Span& s) {
+    float xb[kChunk], sb[kChunk], zb[kChunk], nb[kChunk], mb[kChunk], eb[kChunk];
+    const float* xf = load_f32(x + s.base, s.count, xb);
+    const float* sf = load_f32(score + s.base, s.count, sb);
+    const float* z = span_noise(a, noise, s, zb);
+    float* next_f = result_f32(next + s.base, nb);
+    float* mean_f = mean ? result_f32(mean + s.base, mb) : nullptr;
+    if (!e) {
+      span_step_sizes(a, s, sf, z, eb);
+      langevin_chunk(xf, sf, z, 0.0f, eb, next_f, mean_f, s.count);
+    } else if (e->shared()) {
+      langevin_chunk(xf, sf, z, e->at(0, 0), nullptr, next_f, mean_f, s.count);
+    } else if (g.per_sample == 1) {
+      const float* es[1];
+      row_columns<1>(es, *e, s);
+      langevin_chunk(xf, sf, z, 0.0f, es[0], next_f, mean_f, s.count);
+    } else {
+      for_each_segment(g, s, [&](int64_t b, int64_t, int64_t o, int64_t count) {
+        langevin_chunk(xf + o, sf + o, z + o, e->at(0, b), nullptr, next_f + o,
+                       mean_f ? mean_f + o : nullptr, count);
+      });
+    }
+    store_result(next_f, s.count, next + s.base);
+    if (mean) store_result(mean_f, s.count, mean + s.base);
   });
 }
 
@@ -171,23 +215,30 @@ std::tuple<at::Tensor, at::Tensor> langevin_step_cpu(
     bool return_mean) {
   auto in = prepare_langevin_step(x, score, coefs, noise, seeds, return_mean);
   if (in.x.numel() == 0) return {in.next, in.mean};
-  const bool store_noise = adaptive && !in.noise;
+  // per-sample norms of whole-sample spans: one pass; other adaptive steps reduce first, then
+  // step, drawing the stream once into a store
+  const bool one_pass = adaptive && per_sample_norm && in.g.per_sample <= kChunk;
+  const bool store_noise = adaptive && !one_pass && !in.noise;
   const auto noise_store = store_noise ? cpu::empty_output(in.x.sizes(), at::kFloat,
                                                            kernel_format(in.x))
                                        : at::Tensor();
-  LangevinArgs a{in.g, in.coefs.data_ptr<float>(),
-                 in.seeds ? in.seeds->data_ptr<int64_t>() : nullptr,
-                 in.seeds && in.seeds->numel() > 1, step,
-                 store_noise ? noise_store.data_ptr<float>() : nullptr, false};
-  const int64_t batch = in.g.batch;
+  LangevinArgs a{in.g, CoefTable::of(in.coefs),
+                 NoiseSeeds{in.seeds ? in.seeds->data_ptr<int64_t>() : nullptr,
+                            in.seeds && in.seeds->numel() > 1},
+                 step, store_noise ? noise_store.data_ptr<float>() : nullptr, false};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.x.scalar_type(), "langevin", [&] {
     const scalar_t* noise_ptr = in.noise ? in.noise->data_ptr<scalar_t>() : nullptr;
     const scalar_t* score_ptr = in.score.data_ptr<scalar_t>();
-    std::vector<float> e(a.coefs + kStepSize * batch, a.coefs + (kStepSize + 1) * batch);
-    if (adaptive) e = adaptive_step_sizes(a, score_ptr, noise_ptr, per_sample_norm);
+    CoefTable e_table{a.coefs.data + kStepSize * a.coefs.row_stride, 0, a.coefs.col_stride};
+    std::vector<float> e;
+    if (adaptive && !one_pass) {
+      e = adaptive_step_sizes(a, score_ptr, noise_ptr, per_sample_norm);
+      // batch-averaged norms with shared coefficients give every sample the same step size
+      e_table = CoefTable{e.data(), 0, a.coefs.shared() && !per_sample_norm ? 0 : 1};
+    }
     a.noise_stored = store_noise;
-    langevin_kernel<scalar_t>(a, e.data(), in.x.data_ptr<scalar_t>(), score_ptr, noise_ptr,
-                              in.next.data_ptr<scalar_t>(),
+    langevin_kernel<scalar_t>(a, one_pass ? nullptr : &e_table, in.x.data_ptr<scalar_t>(),
+                              score_ptr, noise_ptr, in.next.data_ptr<scalar_t>(),
                               return_mean ? in.mean.data_ptr<scalar_t>() : nullptr);
   });
   return {in.next, in.mean};
@@ -210,10 +261,11 @@ std::tuple<at::Tensor, at::Tensor> langevin_step_cuda(
   const c10::cuda::CUDAGuard guard(x.device());
   auto in = prepare_langevin_step(x, score, coefs, noise, seeds, return_mean);
   if (in.x.numel() == 0) return {in.next, in.mean};
+  const auto coefs_c = in.coefs.contiguous();  // the CUDA kernels read a C-order table
   // Adaptive step sizes need per-chunk partial sums: scratch from the torch allocator.
   const auto scratch = adaptive ? scratch_bytes(langevin_scratch_bytes(in.g), in.x) : at::Tensor();
   const LangevinArgs args{in.g, dtype_of(in.x), in.x.const_data_ptr(), in.score.const_data_ptr(),
-                          data_or_null(in.noise), in.coefs.const_data_ptr<float>(),
+                          data_or_null(in.noise), coefs_c.const_data_ptr<float>(),
                           noise_stream(in.seeds, step), adaptive, per_sample_norm,
                           in.next.mutable_data_ptr(),
                           return_mean ? in.mean.mutable_data_ptr() : nullptr,

@@ -106,28 +106,48 @@ PD_HOST_DEVICE float radius(uint32_t w) {
 
 }  // namespace
 
-// Four normals per Philox call for the groups g0 .. g0 + groups - 1 (j = 4g .. 4g + 3).
+// The four normals of Philox call k for the calls k = 0 .. n - 1, each with its own key and
+// counter (group[k], counter_b[k], step): z[4k + r] is element j = 4 group[k] + r of its sample.
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-static void normals4(float* z, int64_t g0, int64_t groups, NoiseKey key, uint32_t step) {
-  for (int64_t i = 0; i < groups; ++i) {
-    const PhiloxWords w = philox4x32_10(key.seed, static_cast<uint32_t>(g0 + i), key.counter_b,
-                                        step);
+static void normals4(float* z, const uint64_t* seed, const uint32_t* counter_b,
+                     const uint32_t* group, int64_t n, uint32_t step) {
+  for (int64_t k = 0; k < n; ++k) {
+    const PhiloxWords w = philox4x32_10(seed[k], group[k], counter_b[k], step);
     const float ra = radius(w.w0), rc = radius(w.w2);
     const float ub = uint_to_uniform(w.w1), ud = uint_to_uniform(w.w3);
-    z[4 * i] = ra * cos_two_pi(ub);
-    z[4 * i + 1] = ra * sin_two_pi(ub);
-    z[4 * i + 2] = rc * cos_two_pi(ud);
-    z[4 * i + 3] = rc * sin_two_pi(ud);
+    z[4 * k] = ra * cos_two_pi(ub);
+    z[4 * k + 1] = ra * sin_two_pi(ub);
+    z[4 * k + 2] = rc * cos_two_pi(ud);
+    z[4 * k + 3] = rc * sin_two_pi(ud);
   }
 }
 
-static void fill_noise_range(float* z, int64_t j_begin, int64_t count, NoiseKey key,
-                             uint32_t step) {
-  float quad[kChunk + 8];
-  const int64_t g0 = j_begin >> 2, g1 = (j_begin + count + 3) >> 2;
-  normals4(quad, g0, g1 - g0, key, step);
-  std::memcpy(z, quad + (j_begin & 3), count * sizeof(float));
+// Samples of one or two elements (kPer) use only the first pair of their one Philox call (group
+// 0): z[kPer k + r] = r-th normal of call k, the second pair's Box-Muller skipped.
+template <int kPer>
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+static void first_normals(float* z, const uint64_t* seed, const uint32_t* counter_b, int64_t n,
+                          uint32_t step) {
+  for (int64_t k = 0; k < n; ++k) {
+    const PhiloxWords w = philox4x32_10(seed[k], 0u, counter_b[k], step);
+    const float ra = radius(w.w0), ub = uint_to_uniform(w.w1);
+    z[kPer * k] = ra * cos_two_pi(ub);
+    if (kPer == 2) z[kPer * k + 1] = ra * sin_two_pi(ub);
+  }
 }
+
+// The Philox calls of span s, contiguous layout: for each sample of the span, the calls that
+// cover its elements m_begin .. m_begin + count - 1 (count + 3 over 4 of them, or one more when
+// the piece starts inside a call), listed sample after sample.
+struct PhiloxCalls {
+  uint64_t seed[kChunk + 1];
+  uint32_t counter_b[kChunk + 1], group[kChunk + 1];
+  int64_t n = 0;
+  void add(NoiseKey key, int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g, ++n)
+      seed[n] = key.seed, counter_b[n] = key.counter_b, group[n] = static_cast<uint32_t>(g);
+  }
+};
 
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 static void fill_noise_indexed(float* z, const uint32_t* j, int64_t count, NoiseKey key,
@@ -141,26 +161,52 @@ static void fill_noise_indexed(float* z, const uint32_t* j, int64_t count, Noise
   }
 }
 
-void fill_noise(float* z, int64_t m_begin, int64_t count, const Geometry& g, NoiseKey key,
+// Contiguous layout: the span's Philox calls in one vectorized pass; their normals are the
+// span's elements in order when every sample starts and ends on a call boundary, else they are
+// copied out sample by sample.
+static void fill_noise_contiguous(float* z, const Span& s, const Geometry& g,
+                                  const NoiseSeeds& seeds, uint32_t step) {
+  PhiloxCalls calls;
+  bool aligned = true;
+  for_each_segment(g, s, [&](int64_t b, int64_t m_begin, int64_t, int64_t count) {
+    calls.add(seeds.key(b), m_begin >> 2, (m_begin + count + 3) >> 2);
+    aligned = aligned && m_begin % 4 == 0 && count % 4 == 0;
+  });
+  if (aligned) return normals4(z, calls.seed, calls.counter_b, calls.group, calls.n, step);
+  if (s.count > g.per_sample && g.per_sample == 1)
+    return first_normals<1>(z, calls.seed, calls.counter_b, calls.n, step);
+  if (s.count > g.per_sample && g.per_sample == 2)
+    return first_normals<2>(z, calls.seed, calls.counter_b, calls.n, step);
+  float quad[4 * (kChunk + 1)];
+  normals4(quad, calls.seed, calls.counter_b, calls.group, calls.n, step);
+  if (s.count > g.per_sample) {  // whole samples, each ceil(per_sample / 4) calls from m = 0
+    const int64_t per = g.per_sample, calls_per = (per + 3) / 4;
+    for (int64_t k = 0; k < s.count / per; ++k)
+      for (int64_t r = 0; r < per; ++r) z[k * per + r] = quad[4 * k * calls_per + r];
+    return;
+  }
+  std::memcpy(z, quad + (s.m_begin & 3), s.count * sizeof(float));
+}
+
+void fill_noise(float* z, const Span& s, const Geometry& g, const NoiseSeeds& seeds,
                 uint32_t step) {
-  if (!g.channels_last) return fill_noise_range(z, m_begin, count, key, step);
-  uint32_t j[kChunk];
-  logical_indices(j, m_begin, count, g);
-  fill_noise_indexed(z, j, count, key, step);
+  if (!g.channels_last) return fill_noise_contiguous(z, s, g, seeds, step);
+  for_each_segment(g, s, [&](int64_t b, int64_t m_begin, int64_t offset, int64_t count) {
+    uint32_t j[kChunk];
+    logical_indices(j, m_begin, count, g);
+    fill_noise_indexed(z + offset, j, count, seeds.key(b), step);
+  });
 }
 
 namespace {
 
 template <typename scalar_t>
-void randn_kernel(const Geometry& g, const int64_t* seeds, bool per_sample, int64_t step,
-                  scalar_t* out) {
-  for_each_chunk(g, [&](int64_t, int64_t b, int64_t m_begin, int64_t count) {
+void randn_kernel(const Geometry& g, const NoiseSeeds& seeds, int64_t step, scalar_t* out) {
+  for_each_span(g, [&](const Span& s) {
     float buffer[kChunk];
-    scalar_t* dst = out + b * g.per_sample + m_begin;
-    float* z = result_f32(dst, buffer);
-    fill_noise(z, m_begin, count, g, noise_key(seeds, per_sample, b),
-               static_cast<uint32_t>(step));
-    store_result(z, count, dst);
+    float* z = result_f32(out + s.base, buffer);
+    fill_noise(z, s, g, seeds, static_cast<uint32_t>(step));
+    store_result(z, s.count, out + s.base);
   });
 }
 
@@ -171,7 +217,7 @@ at::Tensor randn_cpu(const at::Tensor& seeds, at::IntArrayRef shape, int64_t ste
   const auto g = geometry_of(out, at::MemoryFormat::Contiguous);
   const auto seeds_c = seeds.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "pydiffuse_randn", [&] {
-    randn_kernel(g, seeds_c.data_ptr<int64_t>(), seeds_c.numel() > 1, step,
+    randn_kernel(g, NoiseSeeds{seeds_c.data_ptr<int64_t>(), seeds_c.numel() > 1}, step,
                  out.data_ptr<scalar_t>());
   });
   return out;
