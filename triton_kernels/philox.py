@@ -8,12 +8,15 @@ and counter (j // 4, counter_b, step, 0) gives the normals j = 4g .. 4g + 3: Box
 2^-31), r = sqrt(-2 log max(u_a, 1e-7)), theta = 2 pi u_b.
 One seed for the batch: key = seeds[0], counter_b = b. Per-sample seeds: key = seeds[b],
 counter_b = 0, so a sample's noise follows its own seed wherever it sits in the batch.
+
+A kernel draws z for G consecutive C-order indices of one sample per Philox call (``GROUP``):
+4 (the call's four normals) where 4 divides per_sample, 2 (one Box-Muller pair) where 2 does, so
+a group never straddles two samples; else, and for channels-last data (whose consecutive
+elements are S apart in j), 1: one call per element.
 """
 
 import triton
 import triton.language as tl
-
-from .common import block_start
 
 # Where a kernel's z comes from (a constexpr): none (z = 0), a given tensor, or the stream.
 NOISE_NONE: tl.constexpr = tl.constexpr(0)
@@ -21,10 +24,16 @@ NOISE_TENSOR: tl.constexpr = tl.constexpr(1)
 NOISE_STREAM: tl.constexpr = tl.constexpr(2)
 
 
-def noise_args(noise, seeds) -> dict:
-    """Kernel arguments that select the noise source: NOISE and PER_SAMPLE_SEEDS."""
+def noise_group(per_sample: int, channels_last: bool = False) -> int:
+    """GROUP: the elements drawn per Philox call, 4, 2 or 1."""
+    return 1 if channels_last else 4 if per_sample % 4 == 0 else 2 if per_sample % 2 == 0 else 1
+
+
+def noise_args(noise, seeds, per_sample: int, channels_last: bool) -> dict:
+    """Kernel arguments that select the noise source: NOISE, PER_SAMPLE_SEEDS and GROUP."""
     mode = NOISE_TENSOR if noise is not None else NOISE_STREAM if seeds is not None else NOISE_NONE
-    return {"NOISE": mode.value, "PER_SAMPLE_SEEDS": seeds is not None and seeds.numel() > 1}
+    return {"NOISE": mode.value, "PER_SAMPLE_SEEDS": seeds is not None and seeds.numel() > 1,
+            "GROUP": noise_group(per_sample, channels_last)}
 
 
 @triton.jit
@@ -36,56 +45,66 @@ def logical_index(m, channels, spatial, CHANNELS_LAST: tl.constexpr):
 
 
 @triton.jit
-def _key(seeds_ptr, b, PER_SAMPLE_SEEDS: tl.constexpr):
-    """(seed, counter_b) of sample b."""
+def _words(seeds_ptr, b, batch, j, step, PER_SAMPLE_SEEDS: tl.constexpr):
+    """The four words of Philox call j // 4 of sample b (b >= B, past the data: any words)."""
     if PER_SAMPLE_SEEDS:
-        return tl.load(seeds_ptr + b), 0
-    return tl.load(seeds_ptr), b.to(tl.uint32)
+        seed = tl.load(seeds_ptr + b, mask=b < batch)
+        counter_b = 0
+    else:
+        seed = tl.load(seeds_ptr)
+        counter_b = b.to(tl.uint32)
+    return tl.philox(seed, (j >> 2).to(tl.uint32), counter_b, step.to(tl.uint32), 0)
 
 
 @triton.jit
-def _normals4(seed, group, counter_b, step):
-    """The four normals of Philox call `group` (elements 4 group .. 4 group + 3)."""
-    w0, w1, w2, w3 = tl.philox(seed, group.to(tl.uint32), counter_b, step.to(tl.uint32), 0)
-    n0, n1 = tl.pair_uniform_to_normal(tl.uint_to_uniform_float(w0), tl.uint_to_uniform_float(w1))
-    n2, n3 = tl.pair_uniform_to_normal(tl.uint_to_uniform_float(w2), tl.uint_to_uniform_float(w3))
-    return n0, n1, n2, n3
+def _box_muller(wa, wb):
+    """(r cos theta, r sin theta) of the words (wa, wb)."""
+    return tl.pair_uniform_to_normal(tl.uint_to_uniform_float(wa), tl.uint_to_uniform_float(wb))
 
 
 @triton.jit
-def noise_at(seeds_ptr, b, j, step, PER_SAMPLE_SEEDS: tl.constexpr):
-    """z = N(seed, step, b, j) for any block of logical indices j of sample b."""
-    seed, counter_b = _key(seeds_ptr, b, PER_SAMPLE_SEEDS)
-    n0, n1, n2, n3 = _normals4(seed, j >> 2, counter_b, step)
-    k = j & 3
-    return tl.where(k == 0, n0, tl.where(k == 1, n1, tl.where(k == 2, n2, n3)))
+def _pair(w0, w1, w2, w3, j):
+    """The Box-Muller pair holding index j: of (w0, w1) for j % 4 < 2, else of (w2, w3)."""
+    second = (j & 2) != 0
+    return _box_muller(tl.where(second, w2, w0), tl.where(second, w3, w1))
 
 
 @triton.jit
-def noise_run(seeds_ptr, b, j_start, step, PER_SAMPLE_SEEDS: tl.constexpr, BLOCK: tl.constexpr):
-    """z for the consecutive indices j_start + arange(BLOCK), j_start % 4 == 0: one Philox call
-    per four elements, interleaved back into order."""
-    seed, counter_b = _key(seeds_ptr, b, PER_SAMPLE_SEEDS)
-    group = (j_start >> 2) + tl.arange(0, BLOCK // 4)
-    n0, n1, n2, n3 = _normals4(seed, group, counter_b, step)
-    return tl.reshape(tl.join(tl.join(n0, n2), tl.join(n1, n3)), [BLOCK])
-
-
-@triton.jit
-def block_noise(noise_ptr, seeds_ptr, b, row, m, mask, channels, spatial, step,
-                NOISE: tl.constexpr, PER_SAMPLE_SEEDS: tl.constexpr, CHANNELS_LAST: tl.constexpr,
-                BLOCK: tl.constexpr):
-    """z at x's elements (b, m) of this program's block (common.sample_block) in float32: the
-    given tensor, the stream, or 0 (by NOISE)."""
-    if NOISE == NOISE_TENSOR:
-        z = tl.load(noise_ptr + row + m, mask=mask).to(tl.float32)
-    elif NOISE == NOISE_STREAM:
-        if CHANNELS_LAST:
-            z = noise_at(seeds_ptr, b, logical_index(m, channels, spatial, CHANNELS_LAST), step,
-                         PER_SAMPLE_SEEDS)
+def stream_noise(seeds_ptr, b, j, batch, step, PER_SAMPLE_SEEDS: tl.constexpr,
+                 GROUP: tl.constexpr):
+    """z = N(seed, step, b, j + k), k < GROUP, for indices j % GROUP == 0 of samples b (any
+    broadcastable shapes), one Philox call each: the k as a trailing dimension [2] (GROUP 2) or
+    [2, 2] (GROUP 4) that a reshape puts in order; GROUP 1 adds none."""
+    w0, w1, w2, w3 = _words(seeds_ptr, b, batch, j, step, PER_SAMPLE_SEEDS)
+    if GROUP == 4:
+        n0, n1 = _box_muller(w0, w1)
+        n2, n3 = _box_muller(w2, w3)
+        z = tl.join(tl.join(n0, n2), tl.join(n1, n3))
+    else:
+        cos, sin = _pair(w0, w1, w2, w3, j)
+        if GROUP == 2:
+            z = tl.join(cos, sin)
         else:
-            _, start = block_start(channels * spatial, BLOCK)
-            z = noise_run(seeds_ptr, b, start, step, PER_SAMPLE_SEEDS, BLOCK)
+            z = tl.where((j & 1) != 0, sin, cos)
+    return z
+
+
+@triton.jit
+def block_noise(noise_ptr, seeds_ptr, offset, mask, b, m, bg, jg, batch, channels, spatial, step,
+                NOISE: tl.constexpr, PER_SAMPLE_SEEDS: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+                GROUP: tl.constexpr):
+    """z in float32 at the elements (memory offsets ``offset``; samples b, in-sample offsets m)
+    of a block: the given tensor, the stream, or 0 (by NOISE). With GROUP > 1 the stream is
+    drawn per group, bg and jg the samples and first indices of the block's groups in order."""
+    if NOISE == NOISE_TENSOR:
+        z = tl.load(noise_ptr + offset, mask=mask).to(tl.float32)
+    elif NOISE == NOISE_STREAM:
+        if GROUP == 1:
+            z = stream_noise(seeds_ptr, b, logical_index(m, channels, spatial, CHANNELS_LAST),
+                             batch, step, PER_SAMPLE_SEEDS, GROUP)
+        else:
+            z = tl.reshape(stream_noise(seeds_ptr, bg, jg, batch, step, PER_SAMPLE_SEEDS, GROUP),
+                           offset.shape)
     else:
         z = 0.0
     return z

@@ -14,7 +14,8 @@ from torch.library import triton_op, wrap_triton
 
 from pydiffuse.ops._packing import COEF_INDEX
 
-from .common import contiguous, geometry, kernel_format, launch_config, sample_block, split_offsets
+from .common import (block_elements, contiguous, geometry, kernel_format, launch_config,
+                     per_sample_value, split_offsets)
 from .philox import NOISE_NONE, block_noise, noise_args
 
 # Rows of the packed coefficient table [NUM_STEP_COEFS, B] (pydiffuse/ops/_packing.py).
@@ -25,42 +26,46 @@ CX, CO, EX, E0, M0, ME, MX, S, GUIDANCE, CLIP, LOG_LO, LOG_HI = (
 
 @triton.jit(do_not_specialize=["step"])
 def _sample_step_kernel(x_ptr, out_ptr, uncond_ptr, noise_ptr, seeds_ptr, coefs_ptr, next_ptr,
-                        x0_ptr, batch, per_sample, channels, spatial, step,
+                        x0_ptr, numel, batch, per_sample, channels, spatial, step,
                         GUIDED: tl.constexpr, CLIPPED: tl.constexpr, LEARNED_VAR: tl.constexpr,
                         NOISE: tl.constexpr, PER_SAMPLE_SEEDS: tl.constexpr,
-                        CHANNELS_LAST: tl.constexpr, RETURN_X0: tl.constexpr,
-                        BLOCK: tl.constexpr):
-    """One block of one sample; coefficient k of sample b is coefs[k * B + b]."""
-    b, row, m, mask = sample_block(per_sample, BLOCK)
-    coefs_ptr += b
-    x = tl.load(x_ptr + row + m, mask=mask).to(tl.float32)
+                        CHANNELS_LAST: tl.constexpr, ONE_SAMPLE: tl.constexpr,
+                        GROUP: tl.constexpr, RETURN_X0: tl.constexpr, BLOCK: tl.constexpr):
+    """One block of elements; coefficient k of element e's sample b is coefs[k * B + b]."""
+    e, b, m = block_elements(per_sample, ONE_SAMPLE, 1, BLOCK)
+    _, bg, jg = block_elements(per_sample, ONE_SAMPLE, GROUP, BLOCK)  # the noise's groups
+    mask = e < numel
+    x = tl.load(x_ptr + e, mask=mask).to(tl.float32)
     if LEARNED_VAR:
-        o_offset, v_offset = split_offsets(row, m, channels, per_sample, CHANNELS_LAST)
+        o_offset, v_offset = split_offsets(e - m, m, channels, per_sample, CHANNELS_LAST)
     else:
-        o_offset = row + m
+        o_offset = e
     o = tl.load(out_ptr + o_offset, mask=mask).to(tl.float32)
     if GUIDED:
         u = tl.load(uncond_ptr + o_offset, mask=mask).to(tl.float32)
-        o = u + tl.load(coefs_ptr + GUIDANCE * batch) * (o - u)
-    x0 = tl.load(coefs_ptr + CX * batch) * x + tl.load(coefs_ptr + CO * batch) * o
+        o = u + per_sample_value(coefs_ptr, GUIDANCE, batch, b) * (o - u)
+    x0 = (per_sample_value(coefs_ptr, CX, batch, b) * x
+          + per_sample_value(coefs_ptr, CO, batch, b) * o)
     if CLIPPED:
-        clip = tl.load(coefs_ptr + CLIP * batch)
+        clip = per_sample_value(coefs_ptr, CLIP, batch, b)
         x0 = tl.minimum(tl.maximum(x0, -clip, propagate_nan=tl.PropagateNan.ALL), clip,
                         propagate_nan=tl.PropagateNan.ALL)
-    eps = tl.load(coefs_ptr + EX * batch) * x + tl.load(coefs_ptr + E0 * batch) * x0
-    nxt = (tl.load(coefs_ptr + M0 * batch) * x0 + tl.load(coefs_ptr + ME * batch) * eps
-           + tl.load(coefs_ptr + MX * batch) * x)
+    eps = (per_sample_value(coefs_ptr, EX, batch, b) * x
+           + per_sample_value(coefs_ptr, E0, batch, b) * x0)
+    nxt = (per_sample_value(coefs_ptr, M0, batch, b) * x0
+           + per_sample_value(coefs_ptr, ME, batch, b) * eps
+           + per_sample_value(coefs_ptr, MX, batch, b) * x)
     if NOISE != NOISE_NONE:
-        s = tl.load(coefs_ptr + S * batch)
+        s = per_sample_value(coefs_ptr, S, batch, b)
         if LEARNED_VAR:
             f = 0.5 * (tl.load(out_ptr + v_offset, mask=mask).to(tl.float32) + 1.0)
-            s *= tl.exp(0.5 * (f * tl.load(coefs_ptr + LOG_HI * batch)
-                               + (1.0 - f) * tl.load(coefs_ptr + LOG_LO * batch)))
-        nxt += s * block_noise(noise_ptr, seeds_ptr, b, row, m, mask, channels, spatial, step,
-                               NOISE, PER_SAMPLE_SEEDS, CHANNELS_LAST, BLOCK)
-    tl.store(next_ptr + row + m, nxt.to(next_ptr.dtype.element_ty), mask=mask)
+            s *= tl.exp(0.5 * (f * per_sample_value(coefs_ptr, LOG_HI, batch, b)
+                               + (1.0 - f) * per_sample_value(coefs_ptr, LOG_LO, batch, b)))
+        nxt += s * block_noise(noise_ptr, seeds_ptr, e, mask, b, m, bg, jg, batch, channels,
+                               spatial, step, NOISE, PER_SAMPLE_SEEDS, CHANNELS_LAST, GROUP)
+    tl.store(next_ptr + e, nxt.to(next_ptr.dtype.element_ty), mask=mask)
     if RETURN_X0:
-        tl.store(x0_ptr + row + m, x0.to(x0_ptr.dtype.element_ty), mask=mask)
+        tl.store(x0_ptr + e, x0.to(x0_ptr.dtype.element_ty), mask=mask)
 
 
 @triton_op("pydiffuse_triton::sample_step", mutates_args=())
@@ -75,10 +80,10 @@ def sample_step(x: torch.Tensor, out: torch.Tensor, out_uncond: torch.Tensor | N
     if x.numel() == 0:
         return nxt, x0
     geo = geometry(x, fmt)
-    cfg = launch_config(x.shape[0], geo["per_sample"])
+    zargs = noise_args(noise, seeds, geo["per_sample"], geo["CHANNELS_LAST"])
+    cfg = launch_config(x.numel(), geo["per_sample"])
     wrap_triton(_sample_step_kernel)[cfg.pop("grid")](
-        x, out, out_uncond, noise, contiguous(seeds), coefs.contiguous(), nxt, x0, x.shape[0],
-        **geo,
-        step=step, GUIDED=out_uncond is not None, CLIPPED=has_clip, LEARNED_VAR=learned_var,
-        **noise_args(noise, seeds), RETURN_X0=return_x0, **cfg)
+        x, out, out_uncond, noise, contiguous(seeds), coefs.contiguous(), nxt, x0, x.numel(),
+        x.shape[0], **geo, step=step, GUIDED=out_uncond is not None, CLIPPED=has_clip,
+        LEARNED_VAR=learned_var, **zargs, RETURN_X0=return_x0, **cfg)
     return nxt, x0

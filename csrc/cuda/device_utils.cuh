@@ -22,28 +22,65 @@ inline unsigned blocks_for(int64_t work) {
   return static_cast<unsigned>(std::min((work + kThreads - 1) / kThreads, kMaxBlocks));
 }
 
-// fn(i, b, m) for every N-element group of [batch, per_sample] data (per_sample % N == 0), over
-// a grid-stride loop: flat offset i = b * per_sample + m.
-template <int N, typename Fn>
-__device__ __forceinline__ void for_each_group(const Geometry& g, Fn&& fn) {
-  const int64_t n = g.batch * g.per_sample, stride = int64_t{gridDim.x} * blockDim.x * N;
-  for (int64_t i = (int64_t{blockIdx.x} * blockDim.x + threadIdx.x) * N; i < n; i += stride) {
-    const int64_t b = i / g.per_sample;
-    fn(i, b, i - b * g.per_sample);
-  }
-}
-
 // Elements per 128-bit access.
 template <typename T>
 constexpr int kVecWidth = 16 / sizeof(T);
 
-// 128-bit accesses are possible: no vector straddles two samples and every pointer is aligned.
+// 128-bit accesses are possible over runs of `count` elements (samples, rows): no vector
+// straddles two runs and every pointer is aligned.
 template <typename T>
-bool vectorizable(int64_t per_sample, std::initializer_list<const void*> pointers) {
-  if (per_sample % kVecWidth<T> != 0) return false;
+bool vectorizable(int64_t count, std::initializer_list<const void*> pointers) {
+  if (count % kVecWidth<T> != 0) return false;
   for (const void* p : pointers)
     if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
   return true;
+}
+
+// How a step kernel walks [batch, per_sample] data: one element per thread and iteration, one
+// 128-bit vector inside one sample (per_sample % N == 0), or one that may straddle samples
+// (B * per_sample % N == 0: small or odd samples keep their vectors, each lane its own sample).
+enum class Access : int { kScalar, kVector, kVectorAcross };
+
+template <typename T>
+Access step_access(const Geometry& g, std::initializer_list<const void*> pointers,
+                   bool across = true) {
+  if (vectorizable<T>(g.per_sample, pointers)) return Access::kVector;
+  return across && vectorizable<T>(g.batch * g.per_sample, pointers) ? Access::kVectorAcross
+                                                                     : Access::kScalar;
+}
+
+// Elements per access.
+template <typename T, Access kAccess>
+constexpr int kWidth = kAccess == Access::kScalar ? 1 : kVecWidth<T>;
+
+// The samples b[k] and in-sample offsets m[k] of N consecutive elements from (b, m): all in
+// sample b, or (kAcross) wrapping into the next samples.
+template <int N>
+struct Lanes {
+  int64_t b[N], m[N];
+  template <bool kAcross>
+  __device__ __forceinline__ static Lanes from(int64_t b, int64_t m, int64_t per_sample) {
+    Lanes l;
+#pragma unroll
+    for (int k = 0; k < N; ++k) {
+      l.b[k] = b, l.m[k] = m++;
+      if (kAcross && m == per_sample) m = 0, ++b;
+    }
+    return l;
+  }
+};
+
+// fn(i, lanes) for every N-element group of [batch, per_sample] data over a grid-stride loop,
+// i = b * per_sample + m the flat offset of the group's first element: the work follows the
+// elements, whatever the samples' size.
+template <int N, Access kAccess, typename Fn>
+__device__ __forceinline__ void for_each_group(const Geometry& g, Fn&& fn) {
+  const int64_t n = g.batch * g.per_sample, stride = int64_t{gridDim.x} * blockDim.x * N;
+  for (int64_t i = (int64_t{blockIdx.x} * blockDim.x + threadIdx.x) * N; i < n; i += stride) {
+    const int64_t b = i / g.per_sample;
+    fn(i, Lanes<N>::template from<kAccess == Access::kVectorAcross>(b, i - b * g.per_sample,
+                                                                    g.per_sample));
+  }
 }
 
 __device__ __forceinline__ float to_float(float v) { return v; }
@@ -84,24 +121,25 @@ inline NoiseMode noise_mode(const void* noise, const NoiseStream& rng) {
   return noise ? NoiseMode::kGiven : rng.seeds ? NoiseMode::kStream : NoiseMode::kNone;
 }
 
-// z of the N elements at memory offset m of sample b (flat offset i): the given tensor, the
-// stream at their logical indices, or 0.
-template <NoiseMode kMode, int N, typename T>
+// z of the N elements at flat offset i (lanes l): the given tensor, the stream at their logical
+// indices (one Philox call per four lanes where a vector lies in one C-order sample, so that its
+// lanes are whole groups of four), or 0.
+template <NoiseMode kMode, Access kAccess, int N, typename T>
 __device__ __forceinline__ void load_noise(const T* noise, const NoiseStream& rng,
-                                           const Geometry& g, int64_t i, int64_t b, int64_t m,
+                                           const Geometry& g, int64_t i, const Lanes<N>& l,
                                            float (&z)[N]) {
   if constexpr (kMode == NoiseMode::kGiven) {
     load(noise + i, z);
   } else if constexpr (kMode == NoiseMode::kStream) {
-    const NoiseKey key = noise_key(rng.seeds, rng.per_sample_seeds, b);
-    if (N % 4 == 0 && !g.channels_last) {  // j = m .. m + N - 1, m % N == 0: whole groups
+    if (N % 4 == 0 && kAccess == Access::kVector && !g.channels_last) {
+      const NoiseKey key = noise_key(rng.seeds, rng.per_sample_seeds, l.b[0]);
 #pragma unroll
-      for (int k = 0; k < N; k += 4) noise4(key, (m + k) >> 2, rng.step, z + k);
+      for (int k = 0; k < N; k += 4) noise4(key, (l.m[0] + k) >> 2, rng.step, z + k);
     } else {
 #pragma unroll
       for (int k = 0; k < N; ++k)
-        z[k] = noise_at(
-            key, logical_index(m + k, g.channels_last, g.channels, g.spatial), rng.step);
+        z[k] = noise_at(noise_key(rng.seeds, rng.per_sample_seeds, l.b[k]),
+                        logical_index(l.m[k], g.channels_last, g.channels, g.spatial), rng.step);
     }
   } else {
 #pragma unroll
@@ -132,6 +170,17 @@ cudaError_t dispatch_noise(NoiseMode mode, Fn&& fn) {
     case NoiseMode::kNone: return fn(std::integral_constant<NoiseMode, NoiseMode::kNone>{});
     case NoiseMode::kGiven: return fn(std::integral_constant<NoiseMode, NoiseMode::kGiven>{});
     case NoiseMode::kStream: return fn(std::integral_constant<NoiseMode, NoiseMode::kStream>{});
+  }
+  return cudaErrorInvalidValue;
+}
+
+template <typename Fn>
+cudaError_t dispatch_access(Access access, Fn&& fn) {
+  switch (access) {
+    case Access::kScalar: return fn(std::integral_constant<Access, Access::kScalar>{});
+    case Access::kVector: return fn(std::integral_constant<Access, Access::kVector>{});
+    case Access::kVectorAcross:
+      return fn(std::integral_constant<Access, Access::kVectorAcross>{});
   }
   return cudaErrorInvalidValue;
 }

@@ -36,10 +36,12 @@ __device__ double2 block_sum(double2 v) {
   return {__shfl_sync(0xffffffffu, v.x, 0), __shfl_sync(0xffffffffu, v.y, 0)};
 }
 
-// partial[chunk] = (sum score^2, sum z^2) over the kReduceChunk elements of one chunk of a sample.
-template <typename T, int N, NoiseMode kNoise>
+// partial[chunk] = (sum score^2, sum z^2) over the kReduceChunk elements of one chunk of a sample
+// (vectors never straddle samples here: kAccess is kVector or kScalar).
+template <typename T, Access kAccess, NoiseMode kNoise>
 __global__ void __launch_bounds__(kThreads)
     sum_squares_kernel(const LangevinArgs a, int64_t chunks, double2* __restrict__ partial) {
+  constexpr int N = kWidth<T, kAccess>;
   const Geometry& g = a.g;
   const T* __restrict__ score = static_cast<const T*>(a.score);
   for (int64_t chunk = blockIdx.x; chunk < g.batch * chunks; chunk += gridDim.x) {
@@ -50,7 +52,8 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t i = b * g.per_sample + m;
       float s[N], z[N];
       load(score + i, s);
-      load_noise<kNoise>(static_cast<const T*>(a.noise), a.rng, g, i, b, m, z);
+      load_noise<kNoise, kAccess>(static_cast<const T*>(a.noise), a.rng, g, i,
+                                  Lanes<N>::template from<false>(b, m, g.per_sample), z);
 #pragma unroll
       for (int k = 0; k < N; ++k) ss += s[k] * s[k], zz += z[k] * z[k];
     }
@@ -87,23 +90,24 @@ __global__ void __launch_bounds__(kThreads)
     e[b] = adaptive_step_size(coefs, batch, b, mean);
 }
 
-template <typename T, int N, NoiseMode kNoise>
+template <typename T, Access kAccess, NoiseMode kNoise>
 __global__ void __launch_bounds__(kThreads)
     langevin_kernel(const LangevinArgs a, const float* __restrict__ e) {
+  constexpr int N = kWidth<T, kAccess>;
   const T* __restrict__ x = static_cast<const T*>(a.x);
   const T* __restrict__ score = static_cast<const T*>(a.score);
   T* __restrict__ next = static_cast<T*>(a.next);
   T* __restrict__ mean_out = static_cast<T*>(a.mean);
-  for_each_group<N>(a.g, [&](int64_t i, int64_t b, int64_t m) {
-    const float eb = e[b], scale = __fsqrt_rn(2.0f * eb);
+  for_each_group<N, kAccess>(a.g, [&](int64_t i, const Lanes<N>& l) {
     float xv[N], s[N], z[N], mean[N], nx[N];
     load(x + i, xv);
     load(score + i, s);
-    load_noise<kNoise>(static_cast<const T*>(a.noise), a.rng, a.g, i, b, m, z);
+    load_noise<kNoise, kAccess>(static_cast<const T*>(a.noise), a.rng, a.g, i, l, z);
 #pragma unroll
     for (int k = 0; k < N; ++k) {
+      const float eb = e[l.b[k]];
       mean[k] = xv[k] + eb * s[k];
-      nx[k] = mean[k] + scale * z[k];
+      nx[k] = mean[k] + __fsqrt_rn(2.0f * eb) * z[k];
     }
     store(next + i, nx);
     if (mean_out) store(mean_out + i, mean);
@@ -124,31 +128,32 @@ cudaError_t launch_langevin_step(const LangevinArgs& a, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   return dispatch_dtype(a.dtype, [&](auto dtype) {
     using T = typename decltype(dtype)::type;
-    const bool vec = vectorizable<T>(g.per_sample, {a.x, a.score, a.noise, a.next, a.mean});
+    const Access access = step_access<T>(g, {a.x, a.score, a.noise, a.next, a.mean});
     return dispatch_noise(noise_mode(a.noise, a.rng), [&](auto noise) {
       constexpr NoiseMode kNoise = decltype(noise)::value;
       if constexpr (kNoise == NoiseMode::kNone) {
         return cudaErrorInvalidValue;  // a Langevin step needs noise or seeds
       } else {
-        return dispatch_flags(
-            [&](auto vec) {
-              constexpr int N = decltype(vec)::value ? kVecWidth<T> : 1;
-              const float* e = a.coefs + kStepSize * g.batch;
-              if (a.adaptive) {
-                const int64_t chunks = chunks_per_sample(g);
-                auto* partial = static_cast<double2*>(a.scratch);
-                float* adaptive_e = reinterpret_cast<float*>(partial + g.batch * chunks);
-                sum_squares_kernel<T, N, kNoise>
-                    <<<static_cast<unsigned>(std::min(g.batch * chunks, kMaxBlocks)), kThreads, 0,
-                       stream>>>(a, chunks, partial);
-                step_sizes_kernel<<<1, kThreads, 0, stream>>>(partial, chunks, a.coefs, g.batch,
-                                                             a.per_sample_norm, adaptive_e);
-                e = adaptive_e;
-              }
-              langevin_kernel<T, N, kNoise><<<blocks_for(n / N), kThreads, 0, stream>>>(a, e);
-              return cudaGetLastError();  // a failed launch's error stays pending until read
-            },
-            vec);
+        return dispatch_access(access, [&](auto access) {
+          constexpr Access kAccess = decltype(access)::value;
+          const float* e = a.coefs + kStepSize * g.batch;
+          if (a.adaptive) {
+            constexpr Access kInSample =
+                kAccess == Access::kVectorAcross ? Access::kScalar : kAccess;
+            const int64_t chunks = chunks_per_sample(g);
+            auto* partial = static_cast<double2*>(a.scratch);
+            float* adaptive_e = reinterpret_cast<float*>(partial + g.batch * chunks);
+            sum_squares_kernel<T, kInSample, kNoise>
+                <<<static_cast<unsigned>(std::min(g.batch * chunks, kMaxBlocks)), kThreads, 0,
+                   stream>>>(a, chunks, partial);
+            step_sizes_kernel<<<1, kThreads, 0, stream>>>(partial, chunks, a.coefs, g.batch,
+                                                         a.per_sample_norm, adaptive_e);
+            e = adaptive_e;
+          }
+          langevin_kernel<T, kAccess, kNoise>
+              <<<blocks_for(n / kWidth<T, kAccess>), kThreads, 0, stream>>>(a, e);
+          return cudaGetLastError();  // a failed launch's error stays pending until read
+        });
       }
     });
   });

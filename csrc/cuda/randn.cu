@@ -4,12 +4,13 @@
 namespace pydiffuse::cuda {
 namespace {
 
-template <typename T, int N>
+template <typename T, Access kAccess>
 __global__ void __launch_bounds__(kThreads) randn_kernel(const Geometry g, const NoiseStream rng,
                                                          T* __restrict__ out) {
-  for_each_group<N>(g, [&](int64_t i, int64_t b, int64_t m) {
+  constexpr int N = kWidth<T, kAccess>;
+  for_each_group<N, kAccess>(g, [&](int64_t i, const Lanes<N>& l) {
     float z[N];
-    load_noise<NoiseMode::kStream>(static_cast<const T*>(nullptr), rng, g, i, b, m, z);
+    load_noise<NoiseMode::kStream, kAccess>(static_cast<const T*>(nullptr), rng, g, i, l, z);
     store(out + i, z);
   });
 }
@@ -22,14 +23,12 @@ cudaError_t launch_randn(const Geometry& g, DType dtype, const NoiseStream& rng,
   if (n == 0) return cudaSuccess;
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    return dispatch_flags(
-        [&](auto vec) {
-          constexpr int N = decltype(vec)::value ? kVecWidth<T> : 1;
-          randn_kernel<T, N><<<blocks_for(n / N), kThreads, 0, stream>>>(g, rng,
-                                                                          static_cast<T*>(out));
-          return cudaGetLastError();
-        },
-        vectorizable<T>(g.per_sample, {out}));
+    return dispatch_access(step_access<T>(g, {out}), [&](auto access) {
+      constexpr Access kAccess = decltype(access)::value;
+      randn_kernel<T, kAccess><<<blocks_for(n / kWidth<T, kAccess>), kThreads, 0, stream>>>(
+          g, rng, static_cast<T*>(out));
+      return cudaGetLastError();
+    });
   });
 }
 

@@ -18,6 +18,10 @@ TOLERANCES = {
 # [B, ...] shapes with per-sample sizes 1, 7, 97, 1025 and a 4-D one for channels_last.
 SHAPES = ((1, 1), (3, 7), (2, 97), (1, 1025), (2, 3, 5, 7))
 LAYOUTS = ("contiguous", "channels_last", "strided")
+# Blocks of elements that span many samples (issue 15): 3001 samples (no multiple of a block) of
+# 2, 16 and 1 (1-D data) elements, 3 of 5, 3 of 1024 (a block per sample), and 4-D data of 168 per
+# sample (made channels_last: consecutive elements are not consecutive in the noise stream).
+ELEMENT_SHAPES = ((3001, 2), (3001, 16), (3001,), (3, 5), (3, 1024), (5, 4, 6, 7))
 
 
 def make(shape, dtype, device, layout="contiguous", generator=None, scale=1.0):
@@ -29,6 +33,12 @@ def make(shape, dtype, device, layout="contiguous", generator=None, scale=1.0):
     if layout == "strided":
         return torch.cat([t, t], dim=-1)[..., ::2]  # every other element: non-contiguous view
     return t
+
+
+def split_rows(batch):
+    """Rows [0, k) and [k, B) of a batch, k not on a block boundary."""
+    k = batch // 3 + 1
+    return slice(0, k), slice(k, batch)
 
 
 def per_sample(batch, device, low=-1.0, high=1.0):

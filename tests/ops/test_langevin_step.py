@@ -7,11 +7,11 @@ import torch
 
 from pydiffuse.ops import backend, langevin_step, randn, reference
 from tests.conftest import backend_device
-from tests.ops.helpers import (DTYPES, LAYOUTS, NO_DROPPED_GRADIENTS, SHAPES, assert_close,
-                               assert_double_backward_matches_reference,
+from tests.ops.helpers import (DTYPES, ELEMENT_SHAPES, LAYOUTS, NO_DROPPED_GRADIENTS, SHAPES,
+                               assert_close, assert_double_backward_matches_reference,
                                assert_grads_match_reference, backward_reaches_every_input, f64,
                                make, needs_cpu_build, needs_triton, on_triton_device,
-                               opcheck_triton, per_sample, reference_of, triton_ops)
+                               opcheck_triton, per_sample, reference_of, split_rows, triton_ops)
 
 MODES = ("plain", "per_sample_size", "snr_batch", "snr_sample", "seed", "seeds_snr")
 
@@ -33,7 +33,10 @@ def _kwargs(mode, shape, dtype, device, layout):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_matches_reference(backend_name, shape, dtype, layout, mode):
-    device = backend_device(backend_name)
+    _assert_matches_reference(backend_device(backend_name), shape, dtype, layout, mode)
+
+
+def _assert_matches_reference(device, shape, dtype, layout, mode):
     x, score = make(shape, dtype, device, layout), make(shape, dtype, device, layout)
     kwargs = _kwargs(mode, shape, dtype, device, layout)
     nxt, mean = langevin_step(x, score, return_mean=True, **kwargs)
@@ -41,6 +44,35 @@ def test_matches_reference(backend_name, shape, dtype, layout, mode):
     assert nxt.shape == x.shape and nxt.dtype == dtype
     assert_close(mean, ref_mean, dtype)
     assert_close(nxt, ref_next, dtype)
+
+
+@pytest.mark.parametrize("mode", ("per_sample_size", "snr_sample", "seed", "seeds_snr"))
+@pytest.mark.parametrize("shape", ELEMENT_SHAPES, ids=str)
+def test_blocks_across_samples_match_reference(backend_name, shape, mode):
+    """Blocks of elements (and reduction tiles) that span many samples: each element takes its
+    own sample's step size, seed and norms."""
+    _assert_matches_reference(backend_device(backend_name), shape, torch.float32, "channels_last",
+                              mode)
+
+
+@pytest.mark.parametrize("shape", ELEMENT_SHAPES, ids=str)
+def test_blocks_across_samples_draw_each_sample_its_noise(backend_name, shape):
+    """next = z (x = score = 0, e = 1/2) is the stream randn draws, and a batch's z is its rows'
+    z stepped apart (per-sample seeds); so is an SNR step with per-sample norms."""
+    device = backend_device(backend_name)
+    x, score = (make(shape, torch.float32, device, "channels_last") for _ in range(2))
+    seeds = list(range(50, 50 + shape[0]))
+    zero = torch.zeros_like(x)
+    z = langevin_step(zero, zero, 0.5, seed=seeds, step=4)
+    torch.testing.assert_close(z, randn(list(shape), seeds, 4, device=device), atol=1e-6, rtol=0)
+    rows = split_rows(shape[0])
+    torch.testing.assert_close(
+        torch.cat([langevin_step(zero[r], zero[r], 0.5, seed=seeds[r], step=4) for r in rows]), z,
+        atol=0, rtol=0)
+    whole = langevin_step(x, score, 0.1, snr=0.2, norm="sample", seed=seeds, step=4)
+    parts = [langevin_step(x[r], score[r], 0.1, snr=0.2, norm="sample", seed=seeds[r], step=4)
+             for r in rows]
+    assert_close(torch.cat(parts), whole, torch.float32)
 
 
 def test_snr_step_size_by_hand(backend_name):

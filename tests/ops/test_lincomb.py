@@ -7,11 +7,11 @@ import torch
 
 from pydiffuse.ops import _dispatch, backend, lincomb, reference
 from tests.conftest import backend_device
-from tests.ops.helpers import (DTYPES, LAYOUTS, NO_DROPPED_GRADIENTS, SHAPES, assert_close,
-                               assert_double_backward_matches_reference,
+from tests.ops.helpers import (DTYPES, ELEMENT_SHAPES, LAYOUTS, NO_DROPPED_GRADIENTS, SHAPES,
+                               assert_close, assert_double_backward_matches_reference,
                                assert_grads_match_reference, backward_reaches_every_input, f64,
                                make, needs_cpu_build, needs_triton, on_triton_device,
-                               opcheck_triton, per_sample, reference_of, triton_ops)
+                               opcheck_triton, per_sample, reference_of, split_rows, triton_ops)
 
 
 @pytest.mark.parametrize("count", [1, 2, 5])
@@ -19,12 +19,28 @@ from tests.ops.helpers import (DTYPES, LAYOUTS, NO_DROPPED_GRADIENTS, SHAPES, as
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_matches_reference(backend_name, shape, dtype, layout, count):
-    device = backend_device(backend_name)
+    _assert_matches_reference(backend_device(backend_name), shape, dtype, layout, count)
+
+
+def _assert_matches_reference(device, shape, dtype, layout, count):
     tensors = [make(shape, dtype, device, layout) for _ in range(count)]
     coefs = [0.5 if i % 2 else per_sample(shape[0], device) for i in range(count)]
     result = lincomb(tensors, coefs)
     assert result.shape == tensors[0].shape and result.dtype == dtype
     assert_close(result, reference_of(lincomb, tensors, coefs), dtype)
+
+
+@pytest.mark.parametrize("count", [3, 9])
+@pytest.mark.parametrize("shape", ELEMENT_SHAPES, ids=str)
+def test_blocks_across_samples_match_reference(backend_name, shape, count):
+    """Blocks of elements that span many samples: each element takes its own sample's
+    coefficients (past 8 terms too), and a batch's rows combine as the rows alone."""
+    device = backend_device(backend_name)
+    _assert_matches_reference(device, shape, torch.float32, "channels_last", count)
+    tensors = [make(shape, torch.float32, device, "channels_last") for _ in range(count)]
+    coefs = [per_sample(shape[0], device) for _ in range(count)]
+    parts = [lincomb([t[r] for t in tensors], [c[r] for c in coefs]) for r in split_rows(shape[0])]
+    assert_close(torch.cat(parts), lincomb(tensors, coefs), torch.float32)
 
 
 def test_coefficient_tensor_forms(backend_name):

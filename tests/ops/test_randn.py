@@ -9,7 +9,8 @@ import torch
 from pydiffuse.ops import StepCoefs, backend, randn, sample_step
 from pydiffuse.ops.reference import philox4x32
 from tests.conftest import backend_device
-from tests.ops.helpers import make, needs_triton, on_triton_device, opcheck_triton, triton_ops
+from tests.ops.helpers import (ELEMENT_SHAPES, make, needs_triton, on_triton_device,
+                               opcheck_triton, split_rows, triton_ops)
 
 N = 1 << 18
 
@@ -80,6 +81,25 @@ def test_per_sample_seed_follows_the_sample(backend_name):
     alone = randn([1, 2, 5], [22], 7, device=device)
     torch.testing.assert_close(batch[1:2], alone, atol=0, rtol=0)
     torch.testing.assert_close(randn([1, 2, 5], 22, 7, device=device), alone, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("shape", ELEMENT_SHAPES, ids=str)
+def test_blocks_across_samples_give_each_sample_its_stream(backend_name, shape):
+    """Samples of any size (blocks spanning many samples): the reference stream, one seed or one
+    per sample, and a batch's noise is its rows' noise drawn apart (the leading rows with one
+    seed, any rows with per-sample seeds)."""
+    device = backend_device(backend_name)
+    seeds = list(range(100, 100 + shape[0]))
+    one, own = randn(shape, 9, 6, device=device), randn(shape, seeds, 6, device=device)
+    with backend("reference"):
+        torch.testing.assert_close(one, randn(shape, 9, 6, device=device), atol=1e-5, rtol=0)
+        torch.testing.assert_close(own, randn(shape, seeds, 6, device=device), atol=1e-5, rtol=0)
+    head, tail = split_rows(shape[0])
+    torch.testing.assert_close(randn([head.stop, *shape[1:]], 9, 6, device=device), one[head],
+                               atol=0, rtol=0)
+    parts = [randn([r.stop - r.start, *shape[1:]], seeds[r], 6, device=device)
+             for r in (head, tail)]
+    torch.testing.assert_close(torch.cat(parts), own, atol=0, rtol=0)
 
 
 def test_independent_of_memory_layout(backend_name):

@@ -8,11 +8,11 @@ import torch
 from pydiffuse.ops import StepCoefs, backend, randn, reference, sample_step
 from pydiffuse.ops._packing import NUM_STEP_COEFS
 from tests.conftest import backend_device
-from tests.ops.helpers import (DTYPES, LAYOUTS, NO_DROPPED_GRADIENTS, SHAPES, assert_close,
-                               assert_double_backward_matches_reference,
+from tests.ops.helpers import (DTYPES, ELEMENT_SHAPES, LAYOUTS, NO_DROPPED_GRADIENTS, SHAPES,
+                               assert_close, assert_double_backward_matches_reference,
                                assert_grads_match_reference, backward_reaches_every_input, f64,
                                make, needs_cpu_build, needs_triton, on_triton_device,
-                               opcheck_triton, per_sample, reference_of, triton_ops)
+                               opcheck_triton, per_sample, reference_of, split_rows, triton_ops)
 
 FEATURES = ("plain", "per_sample", "guided_clipped", "learned_var", "seed", "seeds", "everything")
 
@@ -46,13 +46,38 @@ def _case(feature, shape, dtype, device, layout):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_matches_reference(backend_name, shape, dtype, layout, feature):
-    device = backend_device(backend_name)
-    x, out, kwargs = _case(feature, shape, dtype, device, layout)
+    _assert_matches_reference(*_case(feature, shape, dtype, backend_device(backend_name), layout))
+
+
+def _assert_matches_reference(x, out, kwargs):
     nxt, x0 = sample_step(x, out, return_x0=True, **kwargs)
     ref_next, ref_x0 = reference_of(sample_step, x, out, return_x0=True, **kwargs)
-    assert nxt.shape == x.shape and nxt.dtype == dtype and nxt.device == x.device
-    assert_close(x0, ref_x0, dtype)
-    assert_close(nxt, ref_next, dtype)
+    assert nxt.shape == x.shape and nxt.dtype == x.dtype and nxt.device == x.device
+    assert_close(x0, ref_x0, x.dtype)
+    assert_close(nxt, ref_next, x.dtype)
+
+
+@pytest.mark.parametrize("feature", ("plain", "seed", "everything"))
+@pytest.mark.parametrize("shape", ELEMENT_SHAPES, ids=str)
+def test_blocks_across_samples_match_reference(backend_name, shape, feature):
+    """Blocks of elements that span many samples: each element takes its own sample's
+    coefficients, seed and variance channel."""
+    device = backend_device(backend_name)
+    _assert_matches_reference(*_case(feature, shape, torch.float32, device, "channels_last"))
+
+
+@pytest.mark.parametrize("shape", ELEMENT_SHAPES, ids=str)
+def test_blocks_across_samples_draw_each_sample_its_noise(backend_name, shape):
+    """next = z (s = 1, the rest 0) is the stream randn draws, and a batch's z is its rows' z
+    stepped apart (per-sample seeds)."""
+    device = backend_device(backend_name)
+    x = make(shape, torch.float32, device, "channels_last")
+    seeds = list(range(50, 50 + shape[0]))
+    z = sample_step(x, x, StepCoefs(s=1.0), seed=seeds, step=4)
+    torch.testing.assert_close(z, randn(list(shape), seeds, 4, device=device), atol=1e-6, rtol=0)
+    parts = [sample_step(x[r], x[r], StepCoefs(s=1.0), seed=seeds[r], step=4)
+             for r in split_rows(shape[0])]
+    torch.testing.assert_close(torch.cat(parts), z, atol=0, rtol=0)
 
 
 def test_output_keeps_channels_last(backend_name):
