@@ -23,9 +23,9 @@ def check_data(t, name: str) -> torch.Tensor:
 def check_same(t, x: torch.Tensor, name: str, shape=None) -> torch.Tensor:
     """``t`` matches x in dtype and device, and in shape (or ``shape``)."""
     check_data(t, name)
-    expected = list(x.shape) if shape is None else list(shape)
-    if list(t.shape) != expected:
-        raise ValueError(f"{name} has shape {list(t.shape)}, expected {expected}")
+    expected = x.shape if shape is None else torch.Size(shape)
+    if t.shape != expected:
+        raise ValueError(f"{name} has shape {list(t.shape)}, expected {list(expected)}")
     if t.dtype != x.dtype:
         raise TypeError(f"{name} has dtype {t.dtype}, expected x's dtype {x.dtype}")
     if t.device != x.device:
@@ -40,7 +40,8 @@ STREAM_WORD = 2**32
 def check_step_index(step) -> int:
     """The sampler step of a noise draw: an int in [0, 2^32), the width of its counter word
     (a larger one would wrap silently onto the noise of step mod 2^32)."""
-    if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
+    if type(step) is not int and (isinstance(step, bool)
+                                  or not isinstance(step, numbers.Integral)) or step < 0:
         raise TypeError(f"step must be a non-negative int (the sampler step), got {step!r}")
     if step >= STREAM_WORD:
         raise ValueError(f"step must be < 2^32 (the noise stream's step counter is 32 bits), "

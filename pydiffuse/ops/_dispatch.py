@@ -7,7 +7,9 @@ that cannot run raises ``BackendUnavailable`` saying why; there is no silent fal
 Capability: ``CAPABILITIES`` says, per backend, which dtypes it takes, which attention head sizes,
 how many lincomb terms, and whose kernel runs a backward it has none of; an op asks
 ``select(op, device, dtype, ...)`` for its kernel, which refuses what the chosen backend cannot
-run with an error naming the argument.
+run with an error naming the argument. The kernel it accepted is kept per (op, forced backend,
+device type, dtype), and a compiled one is called below autograd when no input needs a gradient
+(the per-call host cost of a small step, issue 15).
 
 Loading: ``pydiffuse._C`` (the C++ / CUDA ops, ``torch.ops.pydiffuse``) when this package is
 imported, its coefficient rows checked against ``_packing``; the Triton kernels
@@ -20,7 +22,7 @@ import dataclasses
 import functools
 import importlib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -162,15 +164,22 @@ def _default(device_type: str) -> str:
     return "reference"
 
 
-def current_backend(device: torch.device) -> str:
-    """The backend an op on ``device`` runs with now."""
-    forced = (_forced[-1] if _forced else None) or os.environ.get("PYDIFFUSE_BACKEND") or None
+def _forced_name() -> str | None:
+    return (_forced[-1] if _forced else None) or os.environ.get("PYDIFFUSE_BACKEND") or None
+
+
+def _chosen(forced: str | None, device_type: str) -> str:
     if forced is None:
-        return _default(device.type)
-    why = unavailable_reason(forced, device.type)
+        return _default(device_type)
+    why = unavailable_reason(forced, device_type)
     if why:
         raise BackendUnavailable(f"pydiffuse backend {forced!r} cannot run here: {why}")
     return forced
+
+
+def current_backend(device: torch.device) -> str:
+    """The backend an op on ``device`` runs with now."""
+    return _chosen(_forced_name(), device.type)
 
 
 @contextlib.contextmanager
@@ -217,12 +226,41 @@ def implementation(op: str, device: torch.device):
     return _kernel(current_backend(device), op)
 
 
+# (op, forced backend or None, device type, dtype, sizes) -> what select returns
+_SELECTED: dict[tuple, Callable] = {}
+
+
 def select(op: str, device: torch.device, dtype: torch.dtype, **sizes):
     """``implementation(op, device)``, once ``check_supported`` has accepted the inputs
-    (``dtype``, and ``head_dim`` / ``terms`` where the op has them) for the chosen backend."""
-    name = current_backend(device)
-    check_supported(name, dtype=dtype, **sizes)
-    return _kernel(name, op)
+    (``dtype``, and ``head_dim`` / ``terms`` where the op has them) for the chosen backend;
+    a compiled kernel comes wrapped in ``_below_autograd``. The choice is made once per
+    (op, forced backend, device type, dtype, sizes); a refusal is never cached."""
+    forced = _forced_name()
+    key = (op, forced, device.type, dtype, *sizes.items())
+    run = _SELECTED.get(key)
+    if run is None:
+        name = _chosen(forced, device.type)
+        check_supported(name, dtype=dtype, **sizes)
+        run = _kernel(name, op)
+        if name != "reference":
+            run = _below_autograd(run)
+        _SELECTED[key] = run
+    return run
+
+
+def _below_autograd(kernel):
+    """``kernel`` called below the autograd layer when no input needs a gradient: the same
+    choice as its ``register_autograd`` wrapper makes, without that wrapper's Python (a few
+    microseconds a call, more than a small step's kernel). Traced as is by torch.compile."""
+
+    def run(*args):
+        if torch.compiler.is_compiling() or (torch.is_grad_enabled()
+                                             and torch._C._any_requires_grad(*args)):
+            return kernel(*args)
+        with torch._C._AutoDispatchBelowAutograd():
+            return kernel(*args)
+
+    return run
 
 
 def available_backends() -> dict[str, str]:

@@ -11,8 +11,10 @@ from pydiffuse, so that ``triton_kernels/`` may import it (its one import of ``p
 """
 
 import dataclasses
+import functools
 import math
 import numbers
+import struct
 
 import torch
 
@@ -47,6 +49,11 @@ class StepCoefs:
     s: Coef = 0.0
 
 
+def step_coef_values(c: StepCoefs) -> tuple:
+    """The fields of ``c`` in row order (``STEP_COEF_NAMES``)."""
+    return c.cx, c.co, c.ex, c.e0, c.m0, c.me, c.mx, c.s
+
+
 def coef_row(name: str, value, batch: int, device: torch.device) -> torch.Tensor:
     """One coefficient (float or [B] / [1] tensor) as a float32 [B] row on ``device``."""
     if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)):
@@ -70,24 +77,54 @@ def coef_row(name: str, value, batch: int, device: torch.device) -> torch.Tensor
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
-def pack_rows(named_values, batch: int, device: torch.device) -> torch.Tensor:
-    """[(name, value), ...] -> a contiguous float32 tensor [len, B].
+def pack_rows(values, names, batch: int, device: torch.device) -> torch.Tensor:
+    """Coefficients (floats or [B] tensors) -> a contiguous float32 tensor [len, B]; ``names``
+    name the rows in errors (a sequence, or a prefix: row i is ``f"{names}[{i}]"``).
 
-    All-float rows (the common case) are built on the host in one tensor: one copy instead of a
-    fill per row. On CUDA the copy is from pinned memory; under CUDA-graph capture, which takes
-    no host copies, the rows are filled on the device."""
-    values = [v for _, v in named_values]
-    for name, v in named_values:
+    All-number rows (the common case) are packed once per (values, batch, device) and the table
+    reused (``_number_table``): a sampler's per-step coefficients repeat from one run to the
+    next. Otherwise, and where no cache may be used (``_cacheable``), the rows are filled on the
+    device one by one."""
+    if (_NUMBER_TYPES.issuperset(map(type, values)) and device.type in ("cpu", "cuda")
+            and _cacheable(device)):
+        return _number_table(struct.pack(f"{len(values)}d", *values), names, batch, device)
+    _check_finite(values, names)
+    return torch.stack([coef_row(_row_name(names, i), v, batch, device)
+                        for i, v in enumerate(values)]).contiguous()
+
+
+_NUMBER_TYPES = frozenset((float, int))
+
+
+def _cacheable(device: torch.device) -> bool:
+    """Whether a packed tensor may come from a cache: not while torch.compile traces (it would
+    trace past the cache), nor during CUDA-graph capture (a graph would keep reading the tensor
+    after the cache dropped it; and a capture takes no host copies)."""
+    return not (torch.compiler.is_compiling()
+                or device.type == "cuda" and torch.cuda.is_current_stream_capturing())
+
+
+@functools.lru_cache(maxsize=2048)  # (each [rows, B] float32: a 1000-step sampler's tables fit)
+def _number_table(key: bytes, names, batch: int, device: torch.device) -> torch.Tensor:
+    """Number rows, keyed by their exact bits as doubles (0.0 and -0.0 differ), built on the host
+    in one tensor (one copy instead of a fill per row; on CUDA from pinned memory). A non-finite
+    value raises, so no cached table holds one."""
+    values = struct.unpack(f"{len(key) // 8}d", key)
+    _check_finite(values, names)
+    host = torch.tensor(values, dtype=torch.float32)
+    if device.type == "cuda":
+        host = host.pin_memory().to(device, non_blocking=True)
+    return host.unsqueeze(1).expand(len(values), batch).contiguous()
+
+
+def _check_finite(values, names) -> None:
+    for i, v in enumerate(values):
         if type(v) is float and not math.isfinite(v):
-            raise ValueError(f"coefficient {name!r} must be finite, got {v}")
-    if all(type(v) is float or type(v) is int for v in values) and (
-            device.type == "cpu" or (device.type == "cuda"
-                                     and not torch.cuda.is_current_stream_capturing())):
-        host = torch.tensor(values, dtype=torch.float32)
-        if device.type == "cuda":
-            host = host.pin_memory().to(device, non_blocking=True)
-        return host.unsqueeze(1).expand(len(values), batch).contiguous()
-    return torch.stack([coef_row(n, v, batch, device) for n, v in named_values]).contiguous()
+            raise ValueError(f"coefficient {_row_name(names, i)!r} must be finite, got {v}")
+
+
+def _row_name(names, i: int) -> str:
+    return f"{names}[{i}]" if isinstance(names, str) else names[i]
 
 
 def _int64_seed(seed) -> int:
@@ -97,13 +134,18 @@ def _int64_seed(seed) -> int:
     return int(seed)
 
 
+@functools.lru_cache(maxsize=256)
+def _int_seed(seed: int, device: torch.device) -> torch.Tensor:
+    return torch.tensor([_int64_seed(seed)], dtype=torch.int64, device=device)
+
+
 def pack_seeds(seed, batch: int, device: torch.device) -> torch.Tensor:
     """An int seed (or a 0-d integer tensor) -> int64 [1]; a sequence or tensor of B seeds ->
-    int64 [B]."""
+    int64 [B]. An int's tensor is made once per (seed, device) and reused."""
+    if type(seed) is int or isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+        return (_int_seed if _cacheable(device) else _int_seed.__wrapped__)(int(seed), device)
     if isinstance(seed, bool):
         raise TypeError("seed must be an int or one int per sample, got bool")
-    if isinstance(seed, numbers.Integral):
-        return torch.tensor([_int64_seed(seed)], dtype=torch.int64, device=device)
     if isinstance(seed, torch.Tensor):
         if seed.is_floating_point() or seed.is_complex() or seed.dtype == torch.bool:
             raise TypeError(f"seed tensor must have an integer dtype, got {seed.dtype}")

@@ -3,7 +3,7 @@ corrector, fused, and its gradient."""
 
 from . import _autograd, _dispatch, reference
 from ._checks import check_data, check_number, check_same, check_step_index, check_stream_size
-from ._packing import LANGEVIN_STEP_SIZE, pack_rows, pack_seeds
+from ._packing import LANGEVIN_COEF_NAMES, LANGEVIN_STEP_SIZE, pack_rows, pack_seeds
 
 NORMS = ("batch", "sample")
 
@@ -41,8 +41,8 @@ def langevin_step(x, score, step_size, *, snr=None, norm="batch", noise=None, se
     if snr is not None:
         check_number(snr, "snr", positive=True)
     batch, device = x.shape[0], x.device
-    table = pack_rows([("step_size", step_size), ("snr", 0.0 if snr is None else snr)],
-                      batch, device)
+    table = pack_rows([step_size, 0.0 if snr is None else snr], LANGEVIN_COEF_NAMES, batch,
+                      device)
     seeds = None
     if seed is not None:
         check_stream_size(x.shape)

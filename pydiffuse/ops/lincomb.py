@@ -32,7 +32,7 @@ def lincomb(tensors, coefs):
     if len(coefs) != len(tensors):
         raise ValueError(f"coefs has {len(coefs)} entries for {len(tensors)} tensors")
     batch, device = first.shape[0], first.device
-    table = pack_rows([(f"coefs[{i}]", c) for i, c in enumerate(coefs)], batch, device)
+    table = pack_rows(coefs, "coefs", batch, device)
     run = _dispatch.select("lincomb", device, first.dtype, terms=len(tensors))
     return run(list(tensors), table)
 

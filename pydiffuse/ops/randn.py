@@ -28,7 +28,8 @@ def randn(shape, seed, step=0, *, device=None, dtype=torch.float32):
     if isinstance(shape, torch.Size):
         shape = list(shape)
     if not isinstance(shape, (list, tuple)) or not shape or not all(
-            isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 0 for d in shape):
+            (type(d) is int or isinstance(d, numbers.Integral) and not isinstance(d, bool))
+            and d >= 0 for d in shape):
         raise ValueError(f"shape must be a non-empty list of non-negative ints, got {shape!r}")
     if dtype not in FLOAT_DTYPES + (torch.float64,):
         raise TypeError(f"dtype must be float32, float16 or bfloat16, got {dtype}")

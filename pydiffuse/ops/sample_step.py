@@ -5,7 +5,8 @@ from collections.abc import Sequence
 from . import _autograd, _dispatch, reference
 from ._checks import (check_data, check_number, check_same, check_step_index, check_stream_size,
                       is_nonzero)
-from ._packing import COEF_INDEX, STEP_COEF_NAMES, StepCoefs, pack_rows, pack_seeds
+from ._packing import (COEF_INDEX, STEP_ROW_NAMES, StepCoefs, pack_rows, pack_seeds,
+                       step_coef_values)
 
 
 def sample_step(x, out, coefs, *, out_uncond=None, guidance=None, clip=None, learned_var=None,
@@ -35,13 +36,13 @@ def sample_step(x, out, coefs, *, out_uncond=None, guidance=None, clip=None, lea
     check_data(x, "x")
     if not isinstance(coefs, StepCoefs):
         raise TypeError(f"coefs must be a pydiffuse.ops.StepCoefs, got {type(coefs).__name__}")
+    out_shape = None
     if learned_var is not None:
         if x.ndim < 2:
             raise ValueError("learned_var needs x of shape [B, C, ...]")
         if not (isinstance(learned_var, Sequence) and len(learned_var) == 2):
             raise TypeError("learned_var must be a pair (log_lo, log_hi)")
-    out_shape = list(x.shape)
-    if learned_var is not None:
+        out_shape = list(x.shape)
         out_shape[1] *= 2
     check_same(out, x, "out", out_shape)
     if (out_uncond is None) != (guidance is None):
@@ -61,10 +62,8 @@ def sample_step(x, out, coefs, *, out_uncond=None, guidance=None, clip=None, lea
 
     batch, device = x.shape[0], x.device
     lo, hi = learned_var if learned_var is not None else (0.0, 0.0)
-    rows = [(n, getattr(coefs, n)) for n in STEP_COEF_NAMES]
-    rows += [("guidance", 0.0 if guidance is None else guidance),
-             ("clip", 0.0 if clip is None else clip), ("log_lo", lo), ("log_hi", hi)]
-    table = pack_rows(rows, batch, device)
+    table = pack_rows([*step_coef_values(coefs), 0.0 if guidance is None else guidance,
+                       0.0 if clip is None else clip, lo, hi], STEP_ROW_NAMES, batch, device)
     seeds = None
     if seed is not None:
         check_stream_size(x.shape)

@@ -97,10 +97,6 @@ def model_times(process, values, device) -> torch.Tensor:
     return host_to_device(values.to(dtype), device)
 
 
-def batch_time(times: torch.Tensor, i: int, batch: int) -> torch.Tensor:
-    return times[i].expand(batch)
-
-
 def check_x(x) -> torch.Tensor:
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 1:
         raise TypeError("x must be a floating tensor [B, ...] (x_T)")
@@ -127,14 +123,15 @@ class Run:
         """Host float64 columns as a ``StepTable`` on the device."""
         return StepTable(columns, self.device)
 
-    def times(self, values, process=None) -> torch.Tensor:
+    def times(self, values, process=None) -> tuple:
         """The model's t of each step on the device (``model_times``) of ``process`` (default
-        the run's)."""
-        return model_times(self.process if process is None else process, values, self.device)
+        the run's), per step a [B] view made once before the loop."""
+        times = model_times(self.process if process is None else process, values, self.device)
+        return times.unsqueeze(1).expand(len(times), self.batch).unbind(0)
 
-    def t(self, times: torch.Tensor, i: int) -> torch.Tensor:
+    def t(self, times: tuple, i: int) -> torch.Tensor:
         """Step i's model time for the batch, [B]."""
-        return batch_time(times, i, self.batch)
+        return times[i]
 
     def steps(self, n: int, desc: str | None = None):
         """range(n) with the progress bar."""

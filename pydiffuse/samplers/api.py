@@ -103,7 +103,7 @@ def sample(model, shape=None, *, process, sampler: str = "ddim", steps=None,
     if seed is None:
         seed = int(torch.randint(0, 2 ** 62, ()))
     x = _initial(shape, x_T, process, seed, device, dtype)
-    seeds = pack_seeds(seed, len(x), x.device)
+    seeds = pack_seeds(seed, len(x), x.device).clone()  # a graph's replays write to this one
     seeds = seeds.reshape(()) if seeds.numel() == 1 else seeds     # one seed for the batch
     kwargs = dict(options, prediction=prediction, seed=seeds, callback=callback,
                   progress=progress)

@@ -64,8 +64,9 @@ def sample_ddim(model, x, process, *, steps: int = 50, eta: float = 0.0, predict
     sched = ddim_schedule(run.process, steps, spacing, steps_offset, set_alpha_to_one)
     table = run.table(ddim_table(sched, prediction, eta))
     times, den = run.times(sched.timesteps, sched), run.den
-    for k in run.steps(len(sched)):
-        i = len(sched) - 1 - k
+    n = len(sched)
+    for k in run.steps(n):
+        i = n - 1 - k
         c, t = table.row(i), run.t(times, i)
         out, uncond = guided_pair(den, x, t, c["a"], c["sigma"], c["co"])
         coefs = StepCoefs(cx=c["cx"], co=c["co"], ex=c["ex"], e0=c["e0"], m0=c["m0"],

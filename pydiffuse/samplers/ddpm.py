@@ -56,8 +56,9 @@ def sample_ddpm(model, x, process, *, steps=None, respacing=None, prediction: st
     table = run.table(ddpm_table(sched, prediction, variance))
     times = run.times(sched.timesteps, sched)
     learned, den = variance == "learned_range", run.den
-    for k in run.steps(len(sched)):
-        i = len(sched) - 1 - k
+    n = len(sched)
+    for k in run.steps(n):
+        i = n - 1 - k
         c, t = table.row(i), run.t(times, i)
         grad = den.classifier_grad(x, t)
         out, uncond = den.pair(x, t, keep_variance=learned)

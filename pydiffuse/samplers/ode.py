@@ -44,7 +44,7 @@ def euler_heun_loop(run, x, table: StepTable, times, heun, *, pre=None, desc=Non
     Args:
         run: the sampler's ``Run`` (model call, noise stream, callback, progress bar).
         table: ``StepTable`` with those columns and (a, std), (a2, std2, co2) for guidance.
-        times: (t, t2), the model times of the two evaluations, [steps] on the device.
+        times: (t, t2), the model times of the two evaluations (``Run.times``).
         heun, pre: per-step host booleans.
     """
     den = run.den
