@@ -88,10 +88,12 @@ def sample_tile(batch, per_sample, ROWS: tl.constexpr, COLS: tl.constexpr):
 
 
 @triton.jit
-def per_sample_value(table_ptr, row, batch, b):
-    """table[row, b] of a float32 [rows, B] table at samples b (a scalar or one per element);
-    b >= B (elements past the data) reads nothing."""
-    return tl.load(table_ptr + row * tl.cast(batch, tl.int64) + b, mask=b < batch)
+def per_sample_value(table_ptr, row, batch, b, row_stride, col_stride):
+    """table[row, b] of a float32 [rows, B] table with strides (row_stride, col_stride) at
+    samples b (a scalar or one per element); col_stride 0: one row shared by the batch, read in
+    place (pydiffuse/ops/_packing.py); b >= B (elements past the data) reads nothing."""
+    return tl.load(table_ptr + row * tl.cast(row_stride, tl.int64) + b * col_stride,
+                   mask=b < batch)
 
 
 @triton.jit

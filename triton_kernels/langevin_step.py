@@ -40,16 +40,17 @@ def _sum_squares_kernel(score_ptr, noise_ptr, seeds_ptr, partial_ptr, batch, per
 
 
 @triton.jit(do_not_specialize=["step"])
-def _langevin_kernel(x_ptr, score_ptr, noise_ptr, seeds_ptr, e_ptr, next_ptr, mean_ptr, numel,
-                     batch, per_sample, channels, spatial, step, NOISE: tl.constexpr,
+def _langevin_kernel(x_ptr, score_ptr, noise_ptr, seeds_ptr, e_ptr, e_stride, next_ptr, mean_ptr,
+                     numel, batch, per_sample, channels, spatial, step, NOISE: tl.constexpr,
                      PER_SAMPLE_SEEDS: tl.constexpr, CHANNELS_LAST: tl.constexpr,
                      ONE_SAMPLE: tl.constexpr, GROUP: tl.constexpr, RETURN_MEAN: tl.constexpr,
                      BLOCK: tl.constexpr):
-    """mean = x + e[b] score;  next = mean + sqrt(2 e[b]) z, for one block of elements."""
+    """mean = x + e[b] score;  next = mean + sqrt(2 e[b]) z, for one block of elements (e[b] at
+    e_ptr + b e_stride)."""
     i, b, m = block_elements(per_sample, ONE_SAMPLE, 1, BLOCK)
     _, bg, jg = block_elements(per_sample, ONE_SAMPLE, GROUP, BLOCK)  # the noise's groups
     mask = i < numel
-    e = per_sample_value(e_ptr, 0, batch, b)
+    e = per_sample_value(e_ptr, 0, batch, b, 0, e_stride)
     x = tl.load(x_ptr + i, mask=mask).to(tl.float32)
     score = tl.load(score_ptr + i, mask=mask).to(tl.float32)
     z = block_noise(noise_ptr, seeds_ptr, i, mask, b, m, bg, jg, batch, channels, spatial, step,
@@ -75,7 +76,7 @@ def langevin_step(x: torch.Tensor, score: torch.Tensor, coefs: torch.Tensor, ada
         return nxt, mean
     batch, geo = x.shape[0], geometry(x, fmt)
     zargs = noise_args(noise, seeds, geo["per_sample"], geo["CHANNELS_LAST"])
-    e = coefs[LANGEVIN_STEP_SIZE].contiguous()
+    e = coefs[LANGEVIN_STEP_SIZE]  # [B], stride 0 when shared by the batch
     if adaptive:
         tile = tile_config(batch, geo["per_sample"])
         chunks = triton.cdiv(geo["per_sample"], tile["COLS"])
@@ -88,6 +89,6 @@ def langevin_step(x: torch.Tensor, score: torch.Tensor, coefs: torch.Tensor, ada
         e = 2 * e * (coefs[LANGEVIN_SNR] * norms[:, 1] / norms[:, 0]) ** 2
     cfg = launch_config(x.numel(), geo["per_sample"])
     wrap_triton(_langevin_kernel)[cfg.pop("grid")](
-        x, score, noise, seeds, e, nxt, mean, x.numel(), batch, **geo, step=step, **zargs,
-        RETURN_MEAN=return_mean, **cfg)
+        x, score, noise, seeds, e, e.stride(0), nxt, mean, x.numel(), batch, **geo, step=step,
+        **zargs, RETURN_MEAN=return_mean, **cfg)
     return nxt, mean

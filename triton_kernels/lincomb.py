@@ -16,8 +16,9 @@ MAX_TERMS = 8
 
 
 @triton.jit
-def _lincomb_kernel(t0, t1, t2, t3, t4, t5, t6, t7, coefs_ptr, acc_ptr, out_ptr, numel, batch,
-                    per_sample, N: tl.constexpr, HAS_ACC: tl.constexpr, ONE_SAMPLE: tl.constexpr,
+def _lincomb_kernel(t0, t1, t2, t3, t4, t5, t6, t7, coefs_ptr, row_stride, col_stride, acc_ptr,
+                    out_ptr, numel, batch, per_sample, N: tl.constexpr, HAS_ACC: tl.constexpr,
+                    ONE_SAMPLE: tl.constexpr,
                     BLOCK: tl.constexpr):
     """out = acc + sum_{k < N} coefs[k, b] t_k over one block of elements; t_k for k >= N are
     unused (None)."""
@@ -29,7 +30,7 @@ def _lincomb_kernel(t0, t1, t2, t3, t4, t5, t6, t7, coefs_ptr, acc_ptr, out_ptr,
         acc = tl.load(acc_ptr + e, mask=mask)
     for k in tl.static_range(N):
         t = tl.load(terms[k] + e, mask=mask).to(tl.float32)
-        acc += per_sample_value(coefs_ptr, k, batch, b) * t
+        acc += per_sample_value(coefs_ptr, k, batch, b, row_stride, col_stride) * t
     tl.store(out_ptr + e, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -38,7 +39,6 @@ def lincomb(tensors: list[torch.Tensor], coefs: torch.Tensor) -> torch.Tensor:
     first = tensors[0]
     fmt = kernel_format(first)
     tensors = [contiguous(t, fmt) for t in tensors]
-    coefs = coefs.contiguous()
     out = torch.empty_like(first, memory_format=fmt)
     if out.numel() == 0:
         return out
@@ -52,7 +52,7 @@ def lincomb(tensors: list[torch.Tensor], coefs: torch.Tensor) -> torch.Tensor:
         group = tensors[start:start + MAX_TERMS]
         dst = out if start + MAX_TERMS >= n else partial
         wrap_triton(_lincomb_kernel)[grid](
-            *group, *[None] * (MAX_TERMS - len(group)), coefs[start:], acc, dst, out.numel(),
-            batch, per_sample, N=len(group), HAS_ACC=acc is not None, **cfg)
+            *group, *[None] * (MAX_TERMS - len(group)), coefs[start:], *coefs.stride(), acc, dst,
+            out.numel(), batch, per_sample, N=len(group), HAS_ACC=acc is not None, **cfg)
         acc = partial
     return out

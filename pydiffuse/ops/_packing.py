@@ -1,8 +1,10 @@
 """The packed argument layout shared by every backend (C++, CUDA, Triton, reference).
 
 Coefficients travel as one float32 tensor [rows, B] on the data's device, one row per
-coefficient, so a compiled kernel reads them per sample; seeds as an int64 tensor [1] (one seed
-for the batch) or [B] (one per sample).
+coefficient, so a compiled kernel reads them per sample; a table of numbers, shared by the batch,
+is a [rows, 1] tensor expanded over B (stride 0), which the kernels read in place (a batch of
+2^24 one-element samples carries 12 floats, not 12 x 2^24). Seeds travel as an int64 tensor [1]
+(one seed for the batch) or [B] (one per sample).
 
 The row order is written once per language: here for Python and the Triton kernels (which read
 this module), and in ``csrc/common/step.h`` for C++ and CUDA, whose order ``pydiffuse._C``
@@ -78,8 +80,9 @@ _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
 def pack_rows(values, names, batch: int, device: torch.device) -> torch.Tensor:
-    """Coefficients (floats or [B] tensors) -> a contiguous float32 tensor [len, B]; ``names``
-    name the rows in errors (a sequence, or a prefix: row i is ``f"{names}[{i}]"``).
+    """Coefficients (floats or [B] tensors) -> a float32 tensor [len, B] (stride 0 over B for
+    all-number rows); ``names`` name the rows in errors (a sequence, or a prefix: row i is
+    ``f"{names}[{i}]"``).
 
     All-number rows (the common case) are packed once per (values, batch, device) and the table
     reused (``_number_table``): a sampler's per-step coefficients repeat from one run to the
@@ -104,7 +107,7 @@ def _cacheable(device: torch.device) -> bool:
                 or device.type == "cuda" and torch.cuda.is_current_stream_capturing())
 
 
-@functools.lru_cache(maxsize=2048)  # (each [rows, B] float32: a 1000-step sampler's tables fit)
+@functools.lru_cache(maxsize=2048)  # (each [rows] floats: a 1000-step sampler's tables fit)
 def _number_table(key: bytes, names, batch: int, device: torch.device) -> torch.Tensor:
     """Number rows, keyed by their exact bits as doubles (0.0 and -0.0 differ), built on the host
     in one tensor (one copy instead of a fill per row; on CUDA from pinned memory). A non-finite
@@ -114,7 +117,7 @@ def _number_table(key: bytes, names, batch: int, device: torch.device) -> torch.
     host = torch.tensor(values, dtype=torch.float32)
     if device.type == "cuda":
         host = host.pin_memory().to(device, non_blocking=True)
-    return host.unsqueeze(1).expand(len(values), batch).contiguous()
+    return host.unsqueeze(1).expand(len(values), batch)  # one row for the batch: stride 0
 
 
 def _check_finite(values, names) -> None:
