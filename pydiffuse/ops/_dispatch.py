@@ -164,8 +164,19 @@ def _default(device_type: str) -> str:
     return "reference"
 
 
+# os.environ's own dict of encoded names and values (what os.environ.get reads after encoding
+# the name: a microsecond a call, more than a small op's whole Python path should cost).
+_ENVIRON = getattr(os.environ, "_data", None)
+_ENV_NAME = os.environ.encodekey("PYDIFFUSE_BACKEND") if _ENVIRON is not None else None
+
+
 def _forced_name() -> str | None:
-    return (_forced[-1] if _forced else None) or os.environ.get("PYDIFFUSE_BACKEND") or None
+    if _forced:
+        return _forced[-1]
+    if _ENVIRON is None:
+        return os.environ.get("PYDIFFUSE_BACKEND") or None
+    value = _ENVIRON.get(_ENV_NAME)
+    return os.environ.decodevalue(value) or None if value is not None else None
 
 
 def _chosen(forced: str | None, device_type: str) -> str:
@@ -236,7 +247,8 @@ def select(op: str, device: torch.device, dtype: torch.dtype, **sizes):
     a compiled kernel comes wrapped in ``_below_autograd``. The choice is made once per
     (op, forced backend, device type, dtype, sizes); a refusal is never cached."""
     forced = _forced_name()
-    key = (op, forced, device.type, dtype, *sizes.items())
+    key = (op, forced, device.type, dtype, *sizes.items()) if sizes else (op, forced,
+                                                                           device.type, dtype)
     run = _SELECTED.get(key)
     if run is None:
         name = _chosen(forced, device.type)
@@ -254,8 +266,8 @@ def _below_autograd(kernel):
     microseconds a call, more than a small step's kernel). Traced as is by torch.compile."""
 
     def run(*args):
-        if torch.compiler.is_compiling() or (torch.is_grad_enabled()
-                                             and torch._C._any_requires_grad(*args)):
+        if (torch.is_grad_enabled() and torch._C._any_requires_grad(*args)
+                or torch.compiler.is_compiling()):
             return kernel(*args)
         with torch._C._AutoDispatchBelowAutograd():
             return kernel(*args)
