@@ -266,8 +266,8 @@ def _below_autograd(kernel):
     microseconds a call, more than a small step's kernel). Traced as is by torch.compile."""
 
     def run(*args):
-        if (torch.is_grad_enabled() and torch._C._any_requires_grad(*args)
-                or torch.compiler.is_compiling()):
+        if torch.compiler.is_compiling() or (torch.is_grad_enabled()
+                                             and torch._C._any_requires_grad(*args)):
             return kernel(*args)
         with torch._C._AutoDispatchBelowAutograd():
             return kernel(*args)
