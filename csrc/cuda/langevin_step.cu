@@ -1,7 +1,8 @@
 // pydiffuse::langevin_step on the GPU: mean = x + e score; next = mean + sqrt(2 e) z in one pass.
-// SNR-adaptive e (score-SDE corrector) first sums score^2 and z^2 per chunk of a sample (z from
-// the stream is regenerated, not stored), then one block turns the partials into e_b in a fixed
-// order (deterministic, as csrc/cpu/langevin_step.cpp), then the step runs with e_b.
+// SNR-adaptive e (score-SDE corrector) first sums score^2 and z^2 per chunk of a sample (a warp
+// per short sample; z from the stream is regenerated, not stored), then one block turns the
+// partials into e_b in a fixed order (deterministic, as csrc/cpu/langevin_step.cpp), then the
+// step runs with e_b.
 #include "common/step.h"
 #include "cuda/device_utils.cuh"
 
@@ -9,6 +10,8 @@ namespace pydiffuse::cuda {
 namespace {
 
 constexpr int64_t kReduceChunk = kThreads * 16;  // elements per block and partial sum
+constexpr int64_t kWarpSample = 32 * 16;         // samples up to this size: one warp each
+constexpr int kWarpsPerBlock = kThreads / 32;
 
 int64_t chunks_per_sample(const Geometry& g) {
   return (g.per_sample + kReduceChunk - 1) / kReduceChunk;
@@ -59,6 +62,40 @@ __global__ void __launch_bounds__(kThreads)
     }
     const double2 total = block_sum({ss, zz});
     if (threadIdx.x == 0) partial[chunk] = total;
+  }
+}
+
+// partial[b] = (sum score^2, sum z^2) of sample b for samples of at most kWarpSample elements
+// (one chunk each): one warp per sample, where a block per sample would idle most of its
+// threads; the lanes' sums meet in a fixed butterfly order (deterministic).
+template <typename T, Access kAccess, NoiseMode kNoise>
+__global__ void __launch_bounds__(kThreads)
+    sum_squares_warp_kernel(const LangevinArgs a, double2* __restrict__ partial) {
+  constexpr int N = kWidth<T, kAccess>;
+  const Geometry& g = a.g;
+  const T* __restrict__ score = static_cast<const T*>(a.score);
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
+  // b is the same for the 32 lanes of a warp: they loop, and shuffle, together
+  for (int64_t b = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) / 32;
+       b < g.batch; b += warps) {
+    float ss = 0.0f, zz = 0.0f;
+    for (int64_t m = lane * N; m < g.per_sample; m += 32 * N) {
+      const int64_t i = b * g.per_sample + m;
+      float s[N], z[N];
+      load(score + i, s);
+      load_noise<kNoise, kAccess>(static_cast<const T*>(a.noise), a.rng, g, i,
+                                  Lanes<N>::template from<false>(b, m, g.per_sample), z);
+#pragma unroll
+      for (int k = 0; k < N; ++k) ss += s[k] * s[k], zz += z[k] * z[k];
+    }
+    double2 v{ss, zz};
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) {
+      v.x += __shfl_xor_sync(0xffffffffu, v.x, offset);
+      v.y += __shfl_xor_sync(0xffffffffu, v.y, offset);
+    }
+    if (lane == 0) partial[b] = v;
   }
 }
 
@@ -143,9 +180,16 @@ cudaError_t launch_langevin_step(const LangevinArgs& a, cudaStream_t stream) {
             const int64_t chunks = chunks_per_sample(g);
             auto* partial = static_cast<double2*>(a.scratch);
             float* adaptive_e = reinterpret_cast<float*>(partial + g.batch * chunks);
-            sum_squares_kernel<T, kInSample, kNoise>
-                <<<static_cast<unsigned>(std::min(g.batch * chunks, kMaxBlocks)), kThreads, 0,
-                   stream>>>(a, chunks, partial);
+            if (g.per_sample <= kWarpSample) {
+              const int64_t blocks = (g.batch + kWarpsPerBlock - 1) / kWarpsPerBlock;
+              sum_squares_warp_kernel<T, kInSample, kNoise>
+                  <<<static_cast<unsigned>(std::min(blocks, kMaxBlocks)), kThreads, 0, stream>>>(
+                      a, partial);
+            } else {
+              sum_squares_kernel<T, kInSample, kNoise>
+                  <<<static_cast<unsigned>(std::min(g.batch * chunks, kMaxBlocks)), kThreads, 0,
+                     stream>>>(a, chunks, partial);
+            }
             step_sizes_kernel<<<1, kThreads, 0, stream>>>(partial, chunks, a.coefs, g.batch,
                                                          a.per_sample_norm, adaptive_e);
             e = adaptive_e;
