@@ -2,7 +2,9 @@
 
 Choice: ``with backend(name)``, then ``PYDIFFUSE_BACKEND``, then the best backend built for the
 tensor's device (cuda > triton > reference on GPUs; cpu > reference on the CPU). A forced backend
-that cannot run raises ``BackendUnavailable`` saying why; there is no silent fallback.
+that cannot run raises ``BackendUnavailable`` saying why; there is no silent fallback. A forced
+backend always runs its kernel; the default ``cpu`` choice runs an op's eager PyTorch form
+instead where ``thresholds`` says the kernel loses at that size.
 
 Capability: ``CAPABILITIES`` says, per backend, which dtypes it takes, which attention head sizes,
 how many lincomb terms, and whose kernel runs a backward it has none of; an op asks
@@ -24,7 +26,7 @@ from collections.abc import Mapping
 
 import torch
 
-from . import reference
+from . import reference, thresholds
 from ._autograd import register_namespace
 from ._checks import FLOAT_DTYPES
 from ._packing import LANGEVIN_COEF_NAMES, STEP_ROW_NAMES
@@ -162,15 +164,20 @@ def _default(device_type: str) -> str:
     return "reference"
 
 
-def current_backend(device: torch.device) -> str:
-    """The backend an op on ``device`` runs with now."""
+def _chosen(device: torch.device) -> tuple[str, bool]:
+    """(the backend an op on ``device`` runs with now, whether it was forced)."""
     forced = (_forced[-1] if _forced else None) or os.environ.get("PYDIFFUSE_BACKEND") or None
     if forced is None:
-        return _default(device.type)
+        return _default(device.type), False
     why = unavailable_reason(forced, device.type)
     if why:
         raise BackendUnavailable(f"pydiffuse backend {forced!r} cannot run here: {why}")
-    return forced
+    return forced, True
+
+
+def current_backend(device: torch.device) -> str:
+    """The backend an op on ``device`` runs with now."""
+    return _chosen(device)[0]
 
 
 @contextlib.contextmanager
@@ -217,11 +224,18 @@ def implementation(op: str, device: torch.device):
     return _kernel(current_backend(device), op)
 
 
-def select(op: str, device: torch.device, dtype: torch.dtype, **sizes):
+def select(op: str, device: torch.device, dtype: torch.dtype, *, eager=None, work: int = 0,
+           **sizes):
     """``implementation(op, device)``, once ``check_supported`` has accepted the inputs
-    (``dtype``, and ``head_dim`` / ``terms`` where the op has them) for the chosen backend."""
-    name = current_backend(device)
+    (``dtype``, and ``head_dim`` / ``terms`` where the op has them) for the chosen backend; or
+    ``eager`` (the op as eager torch ops, the kernel's signature) where the cpu backend is the
+    default choice, not a forced one, and its kernel loses at this ``work``
+    (``thresholds.CPU_KERNEL_FROM``)."""
+    name, forced = _chosen(device)
     check_supported(name, dtype=dtype, **sizes)
+    if eager is not None and name == "cpu" and not forced and not thresholds.cpu_kernel_wins(
+            op, work):
+        return eager
     return _kernel(name, op)
 
 

@@ -32,9 +32,17 @@ def attention(q, k, v, *, scale=None):
         scale = 1.0 / math.sqrt(q.shape[-1])
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale):
         raise TypeError(f"scale must be a finite float, got {scale!r}")
-    run = _dispatch.select("attention", q.device, q.dtype, head_dim=q.shape[-1])
+    work = q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] * q.shape[3]
+    run = _dispatch.select("attention", q.device, q.dtype, eager=_eager, work=work,
+                           head_dim=q.shape[-1])
     out, _ = run(q, k, v, float(scale))
     return out
+
+
+def _eager(q, k, v, scale):
+    """``F.scaled_dot_product_attention``, the kernels' signature (lse not computed: None), for
+    the sizes where it beats the cpu kernel (``_dispatch.select``); autograd is torch's."""
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale), None
 
 
 def _check(q, k, v) -> None:

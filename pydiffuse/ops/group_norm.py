@@ -39,9 +39,23 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, scale=None, s
         y, x's shape and dtype (channels_last when x is, on the compiled backends).
     """
     _check(x, num_groups, weight, bias, eps, scale, shift, act)
-    y, _, _ = _dispatch.select("group_norm", x.device, x.dtype)(
+    y, _, _ = _dispatch.select("group_norm", x.device, x.dtype, eager=_eager, work=x.numel())(
         x, int(num_groups), weight, bias, scale, shift, float(eps), act == "silu")
     return y
+
+
+def _eager(x, num_groups, weight, bias, scale, shift, eps, silu):
+    """The op as eager torch ops, the kernels' signature (mean and rstd not computed: None), for
+    the sizes where they beat the cpu kernel (``_dispatch.select``); autograd is torch's."""
+    y = torch.group_norm(x, num_groups, weight, bias, eps)
+    if scale is not None or shift is not None:
+        per_channel = list(x.shape[:2]) + [1] * (x.ndim - 2)
+        if scale is not None:
+            y = y * (1 + scale.reshape(per_channel))
+        if shift is not None:
+            y = y + shift.reshape(per_channel)
+        y = y.to(x.dtype)  # float32 parameters of half x promote
+    return (torch.nn.functional.silu(y) if silu else y), None, None
 
 
 def _check(x, num_groups, weight, bias, eps, scale, shift, act) -> None:
