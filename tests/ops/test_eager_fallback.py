@@ -97,3 +97,13 @@ def test_both_paths_match_the_reference(op, side, dtype, eager_calls):
         scale = e.abs().max().item() + 1  # gradients summed over a batch or many positions
         torch.testing.assert_close(g.float(), e, atol=tol["atol"] * scale * 4,
                                    rtol=tol["rtol"] * 4, msg=f"{op} leaf {i}: {{}}")
+
+
+def test_group_norm_counts_silu_and_adagn_twice(eager_calls):
+    """Plain GN is one eager op, GN + SiLU several: at half the threshold plain GN stays eager
+    and GN + SiLU runs the kernel."""
+    x = torch.randn(2, 32, _threshold("group_norm") // 128)
+    ops.group_norm(x, 8)
+    assert eager_calls.get("group_norm") == 1
+    ops.group_norm(x, 8, act="silu")
+    assert eager_calls.get("group_norm") == 1
