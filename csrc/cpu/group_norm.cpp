@@ -6,13 +6,14 @@
 // A sample is [C, S] (C-order) or [S, C] (channels-last; also every x with S = 1). Work is cut
 // into segments fixed by the shape: C-order, a block of up to kChunk elements of one channel's
 // row, or as many whole rows of one group as fit in kChunk; channels-last, a block of rows of
-// all channels. Segment partial sums (float32 in-register
-// lanes, then float64) reduce in a fixed order, so results do not depend on the thread count.
-// Statistics are sums of x - pivot with the group's first element as the pivot: no cancellation
-// when the mean is large against the spread. Each op is three phases over units (a group in
-// C-order, a sample in channels-last): partial sums of every segment of the unit, the unit's
-// per-channel constants, then the elementwise pass. Where a unit fits in L2 and there are units
-// to go round, one task runs all three for a unit, so the elementwise pass reads from cache.
+// all channels. Segment partial sums (float32 in-register lanes, then float64) reduce in a
+// fixed order, so results do not depend on the thread count. Statistics are sums of x - pivot
+// with the group's first element as the pivot: no cancellation when the mean is large against
+// the spread. Each op is three phases over units (a group in C-order, a sample in
+// channels-last): partial sums of every segment of the unit, the unit's per-channel constants,
+// then the elementwise pass. Where a unit fits in L2 and there are units to go round, one task
+// runs all three for a batch of units that fits in L2 together, so the elementwise pass reads
+// from cache; a task is at least kTaskElements of work, so small inputs take one thread.
 //
 // Backward, with g = dL/dz = grad_y act'(z) (kept from the first pass to the second with SiLU)
 // and per (b, c) sums S1 = sum_s g, S2 = sum_s g (x - mean):

@@ -55,8 +55,8 @@ inline __attribute__((always_inline)) T exp_approx(T x) {
 
 // sigmoid(z) = 1 / (1 + exp(-z)) and silu(z) = z sigmoid(z) = z / (1 + exp(-z)): exp's relative
 // error and one rounding (tests/ops/test_group_norm.py measures the maximum against float64).
-// A true divide: on the AVX-512 EPYC this was measured on, vdivps beat a bit-trick reciprocal
-// with three Newton steps (7 instructions) by 20% of a GN + SiLU pass.
+// A true divide: on the AVX-512 EPYC this was measured on, it ties with a bit-trick reciprocal
+// and three Newton steps (7 instructions) over a GN + SiLU pass, and is one instruction.
 template <typename T>
 inline __attribute__((always_inline)) T sigmoid(T z) {
   return 1.0f / (1.0f + exp_approx(-z));
