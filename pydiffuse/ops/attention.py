@@ -16,7 +16,8 @@ def attention(q, k, v, *, scale=None):
 
     The kernels run the online softmax of FlashAttention (Dao et al. 2022): key blocks stream
     past a block of queries with a running max and sum, so no [Nq, Nk] matrix is stored; the
-    backward pass recomputes it block by block from the saved log-sum-exp.
+    backward pass recomputes it block by block from the saved log-sum-exp. On the default cpu
+    backend, inputs below ``thresholds.CPU_KERNEL_FROM`` run ``F.scaled_dot_product_attention``.
 
     Args:
         q: [B, H, Nq, D] queries, float32/float16/bfloat16 (accumulation in float32).

@@ -23,7 +23,8 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, scale=None, s
     channels and every spatial position, with the biased variance: (x - mean) / sqrt(var + eps).
     ``scale`` and ``shift`` are the per-sample, per-channel modulation of ADM's scale-shift norm
     (AdaGN, Dhariwal & Nichol 2021); ``act="silu"`` applies x * sigmoid(x). Statistics are
-    computed in float32 whatever x's dtype, in either memory layout (NCHW or channels_last).
+    computed in float32 whatever x's dtype, in either memory layout (NCHW or channels_last). On
+    the default cpu backend, inputs below ``thresholds.CPU_KERNEL_FROM`` run as eager torch ops.
 
     Args:
         x: [B, C, *spatial] (any number of spatial dims, 0 to 3 in UNets), float32/float16/
