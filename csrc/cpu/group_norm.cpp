@@ -5,13 +5,15 @@
 // Per (b, c): y = act(a (x - mean_g) + d), a = rstd w (1 + scale), d = bias (1 + scale) + shift.
 // A sample is [C, S] (C-order) or [S, C] (channels-last; also every x with S = 1). Work is cut
 // into segments fixed by the shape: C-order, a block of up to kChunk elements of one channel's
-// row; channels-last, a block of rows of all channels. Segment partial sums (float32 in-register
-// lanes, then float64) reduce in a fixed order, so results do not depend on the thread count.
-// Statistics are sums of x - pivot with the group's first element as the pivot: no cancellation
-// when the mean is large against the spread. Each op is three phases over units (a group in
-// C-order, a sample in channels-last): partial sums of every segment of the unit, the unit's
-// per-channel constants, then the elementwise pass. Where a unit fits in L2 and there are units
-// to go round, one task runs all three for a unit, so the elementwise pass reads from cache.
+// row, or as many whole rows of one group as fit in kChunk; channels-last, a block of rows of
+// all channels. Segment partial sums (float32 in-register lanes, then float64) reduce in a
+// fixed order, so results do not depend on the thread count. Statistics are sums of x - pivot
+// with the group's first element as the pivot: no cancellation when the mean is large against
+// the spread. Each op is three phases over units (a group in C-order, a sample in
+// channels-last): partial sums of every segment of the unit, the unit's per-channel constants,
+// then the elementwise pass. Where a unit fits in L2 and there are units to go round, one task
+// runs all three for a batch of units that fits in L2 together, so the elementwise pass reads
+// from cache; a task is at least kTaskElements of work, so small inputs take one thread.
 //
 // Backward, with g = dL/dz = grad_y act'(z) (kept from the first pass to the second with SiLU)
 // and per (b, c) sums S1 = sum_s g, S2 = sum_s g (x - mean):
@@ -177,37 +179,37 @@ TORCH_LIBRARY_IMPL(pydiffuse, Meta, m) {
 namespace cpu {
 namespace {
 
-constexpr int64_t kTaskElements = kChunk * kChunksPerTask;
+constexpr int64_t kTaskElements = 16384;  // the least work worth a thread (see grain)
 constexpr int64_t kUnitCacheBytes = 512 * 1024;  // a unit's inputs that stay in L2 between passes
 
-template <bool kSilu>
-inline __attribute__((always_inline)) float activation(float z) {
-  if constexpr (kSilu) return z * sigmoid(z);
+// On a float or on Lanes (cpu/vec_math.h).
+template <bool kSilu, typename T>
+inline __attribute__((always_inline)) T activation(T z) {
+  if constexpr (kSilu) return silu(z);
   return z;
 }
 
 // dL/dz from dL/dy: SiLU' = sigmoid(z) (1 + z (1 - sigmoid(z))).
-template <bool kSilu>
-inline __attribute__((always_inline)) float activation_grad(float dy, float z) {
+template <bool kSilu, typename T>
+inline __attribute__((always_inline)) T activation_grad(T dy, T z) {
   if constexpr (kSilu) {
-    const float sig = sigmoid(z);
+    const T sig = sigmoid(z);
     return dy * sig * (1.0f + z * (1.0f - sig));
   }
   return dy;
 }
 
+inline __attribute__((always_inline)) void store_lanes(float* p, Lanes v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
 // Per-channel constants of the elementwise passes, for one sample: z = a (x - m) + d, and in the
-// backward grad_x = alpha g + beta (x - m) + gamma. A C-order row reads element 0 of each.
+// backward grad_x = alpha g + beta (x - m) + gamma. C-order row r reads element r of each.
 struct Coefs {
   const float *a, *m, *d, *alpha, *beta, *gamma;
 };
 
-// SiLU loops run in fully unrolled blocks of kInterleave elements, which GCC vectorizes as four
-// independent chains of 16-lane vectors: with the one chain the loop vectorizer makes, the
-// SiLU math is latency-bound and about 25% slower.
-constexpr int64_t kInterleave = 64;
-
-// ---- inner loops: float32 rows x cols, the constants per column (kPerCol) or one for all ----
+// ---- inner loops: float32 rows x cols, the constants per column (kPerCol) or per row ----
 
 template <bool kPerCol, bool kSilu>
 inline __attribute__((always_inline)) void forward_loop(const float* __restrict__ x, int64_t rows,
@@ -218,17 +220,14 @@ inline __attribute__((always_inline)) void forward_loop(const float* __restrict_
     const float* __restrict__ xr = x + r * cols;
     float* __restrict__ yr = y + r * cols;
     int64_t c = 0;
-    if constexpr (kSilu) {
-      for (; c + kInterleave <= cols; c += kInterleave) {
-#pragma GCC unroll 64
-        for (int64_t l = 0; l < kInterleave; ++l) {
-          const int64_t j = kPerCol ? c + l : 0;
-          yr[c + l] = activation<kSilu>(a[j] * (xr[c + l] - m[j]) + d[j]);
-        }
-      }
+#pragma GCC unroll 2
+    for (; c + kLanes <= cols; c += kLanes) {
+      const Lanes xm = load_lanes(xr + c) - (kPerCol ? load_lanes(m + c) : Lanes{} + m[r]);
+      const Lanes z = kPerCol ? load_lanes(a + c) * xm + load_lanes(d + c) : a[r] * xm + d[r];
+      store_lanes(yr + c, activation<kSilu>(z));
     }
     for (; c < cols; ++c) {
-      const int64_t j = kPerCol ? c : 0;
+      const int64_t j = kPerCol ? c : r;
       yr[c] = activation<kSilu>(a[j] * (xr[c] - m[j]) + d[j]);
     }
   }
@@ -256,7 +255,7 @@ inline __attribute__((always_inline)) void grad_x_loop(const float* __restrict__
               *__restrict__ gamma = k.gamma;
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t c = 0; c < cols; ++c) {
-      const int64_t i = r * cols + c, j = kPerCol ? c : 0;
+      const int64_t i = r * cols + c, j = kPerCol ? c : r;
       dx[i] = alpha[j] * g[i] + beta[j] * (x[i] - m[j]) + gamma[j];
     }
   }
@@ -313,11 +312,9 @@ inline __attribute__((always_inline)) void grad_sums_loop(const float* __restric
   const float* g = dy;
   if constexpr (kSilu) {
     int64_t i = 0;
-    for (; i + kInterleave <= n; i += kInterleave) {
-#pragma GCC unroll 64
-      for (int64_t l = 0; l < kInterleave; ++l) {
-        g_out[i + l] = activation_grad<true>(dy[i + l], a * (x[i + l] - m) + d);
-      }
+    for (; i + kLanes <= n; i += kLanes) {
+      const Lanes z = a * (load_lanes(x + i) - m) + d;
+      store_lanes(g_out + i, activation_grad<true>(load_lanes(dy + i), z));
     }
     for (; i < n; ++i) g_out[i] = activation_grad<true>(dy[i], a * (x[i] - m) + d);
     g = g_out;
@@ -349,23 +346,27 @@ inline __attribute__((always_inline)) void grad_sums_by_column_loop(
   const float *__restrict__ a = k.a, *__restrict__ m = k.m, *__restrict__ d = k.d;
   float* __restrict__ acc2 = acc + cols;
   for (int64_t c = 0; c < cols; ++c) acc[c] = 0.0f, acc2[c] = 0.0f;
-  auto one = [&](int64_t r, int64_t c) __attribute__((always_inline)) {
-    const int64_t i = r * cols + c;
-    const float xm = x[i] - m[c];
-    float g = dy[i];
-    if constexpr (kSilu) g_out[i] = g = activation_grad<true>(g, a[c] * xm + d[c]);
-    acc[c] += g;
-    acc2[c] += g * xm;
-  };
   for (int64_t r = 0; r < rows; ++r) {
     int64_t c = 0;
-    if constexpr (kSilu) {
-      for (; c + kInterleave <= cols; c += kInterleave) {
-#pragma GCC unroll 64
-        for (int64_t l = 0; l < kInterleave; ++l) one(r, c + l);
+    for (; c + kLanes <= cols; c += kLanes) {
+      const int64_t i = r * cols + c;
+      const Lanes xm = load_lanes(x + i) - load_lanes(m + c);
+      Lanes g = load_lanes(dy + i);
+      if constexpr (kSilu) {
+        g = activation_grad<true>(g, load_lanes(a + c) * xm + load_lanes(d + c));
+        store_lanes(g_out + i, g);
       }
+      store_lanes(acc + c, load_lanes(acc + c) + g);
+      store_lanes(acc2 + c, load_lanes(acc2 + c) + g * xm);
     }
-    for (; c < cols; ++c) one(r, c);
+    for (; c < cols; ++c) {
+      const int64_t i = r * cols + c;
+      const float xm = x[i] - m[c];
+      float g = dy[i];
+      if constexpr (kSilu) g_out[i] = g = activation_grad<true>(g, a[c] * xm + d[c]);
+      acc[c] += g;
+      acc2[c] += g * xm;
+    }
   }
 }
 
@@ -435,7 +436,7 @@ struct Plan {
   int64_t B, C, S, G, cpg;  // cpg: channels per group
   bool cl;
   int64_t blocks;  // segments per channel row (C-order) or per sample (channels-last)
-  int64_t rows;    // channels-last: rows per segment
+  int64_t rows;    // rows per segment: channel rows (C-order), spatial rows (channels-last)
   int64_t units, segments_per_unit, unit_elements, segment_elements;
 
   Plan(const Geometry& g, int64_t groups)
@@ -446,15 +447,16 @@ struct Plan {
       blocks = (S + rows - 1) / rows;
       units = B, segments_per_unit = blocks, unit_elements = C * S;
       segment_elements = rows * C;
-    } else {
-      rows = 1;
+    } else {  // short rows go several to a segment: a segment is contiguous either way
+      rows = S < kChunk ? std::min(cpg, kChunk / S) : 1;
       blocks = (S + kChunk - 1) / kChunk;
-      units = B * G, segments_per_unit = cpg * blocks, unit_elements = cpg * S;
-      segment_elements = std::min(S, kChunk);
+      units = B * G, segments_per_unit = (cpg + rows - 1) / rows * blocks;
+      unit_elements = cpg * S, segment_elements = rows * std::min(S, kChunk);
     }
   }
 
-  // Segment `seg` of unit `unit`: its sample, channel (C-order), offset and rows x cols extent.
+  // Segment `seg` of unit `unit`: its sample, first channel (C-order), offset and rows x cols
+  // extent (contiguous: rows > 1 only where a row is whole).
   struct Segment {
     int64_t b, c, offset, rows, cols;
   };
@@ -463,11 +465,22 @@ struct Plan {
       const int64_t r0 = seg * rows;
       return {unit, 0, (unit * S + r0) * C, std::min(rows, S - r0), C};
     }
-    const int64_t b = unit / G, c = (unit % G) * cpg + seg / blocks;
-    const int64_t s0 = (seg % blocks) * kChunk;
-    return {b, c, (b * C + c) * S + s0, 1, std::min(kChunk, S - s0)};
+    // (few integer divides: they cost as much as a short segment's arithmetic)
+    const int64_t b = unit / G, row_block = blocks == 1 ? seg : seg / blocks;
+    const int64_t r0 = row_block * rows, c = (unit - b * G) * cpg + r0;
+    const int64_t s0 = (seg - row_block * blocks) * kChunk;
+    return {b, c, unit * unit_elements + r0 * S + s0, std::min(rows, cpg - r0),
+            std::min(kChunk, S - s0)};
   }
 };
+
+// Items of `elements` each, per task: every thread a share, but no task under kTaskElements
+// (waking a thread costs more than that much work).
+inline int64_t grain(int64_t items, int64_t elements) {
+  const int64_t tasks = std::clamp<int64_t>(items * elements / kTaskElements, 1,
+                                            at::get_num_threads());
+  return (items + tasks - 1) / tasks;
+}
 
 // Runs phase1(unit, seg, buffer) over every segment, finish(unit) over every unit, then
 // phase2(unit, seg, buffer): all three per unit in one task where units fit in cache and are
@@ -476,48 +489,59 @@ template <typename Phase1, typename Finish, typename Phase2>
 void run_phases(const Plan& plan, int64_t unit_bytes, int64_t buffer_floats, const Phase1& phase1,
                 const Finish& finish, const Phase2& phase2) {
   const int64_t spu = plan.segments_per_unit;
-  auto grain = [](int64_t elements) {
-    return std::max<int64_t>(1, kTaskElements / std::max<int64_t>(1, elements));
-  };
   if (unit_bytes <= kUnitCacheBytes && plan.units >= 4 * at::get_num_threads()) {
-    at::parallel_for(0, plan.units, grain(plan.unit_elements), [&](int64_t begin, int64_t end) {
-      std::unique_ptr<float[]> buffer(new float[buffer_floats]);  // uninitialized
-      for (int64_t u = begin; u < end; ++u) {
-        for (int64_t s = 0; s < spu; ++s) phase1(u, s, buffer.get());
-        finish(u);
-        for (int64_t s = 0; s < spu; ++s) phase2(u, s, buffer.get());
-      }
-    });
+    // Units go in batches that fit in cache together: a batch's units are independent, so the
+    // out-of-order core overlaps their latency chains (sums, sqrt, constants) phase by phase.
+    const int64_t batch = kUnitCacheBytes / unit_bytes;
+    at::parallel_for(0, plan.units, grain(plan.units, plan.unit_elements),
+                     [&](int64_t begin, int64_t end) {
+                       std::unique_ptr<float[]> buffer(new float[buffer_floats]);  // uninit.
+                       for (int64_t u0 = begin; u0 < end; u0 += batch) {
+                         const int64_t u1 = std::min(end, u0 + batch);
+                         for (int64_t u = u0; u < u1; ++u)
+                           for (int64_t s = 0; s < spu; ++s) phase1(u, s, buffer.get());
+                         for (int64_t u = u0; u < u1; ++u) finish(u);
+                         for (int64_t u = u0; u < u1; ++u)
+                           for (int64_t s = 0; s < spu; ++s) phase2(u, s, buffer.get());
+                       }
+                     });
     return;
   }
   auto segments = [&](const auto& phase) {
-    at::parallel_for(0, plan.units * spu, grain(plan.segment_elements),
+    at::parallel_for(0, plan.units * spu, grain(plan.units * spu, plan.segment_elements),
                      [&](int64_t begin, int64_t end) {
                        std::unique_ptr<float[]> buffer(new float[buffer_floats]);
                        for (int64_t i = begin; i < end; ++i) phase(i / spu, i % spu, buffer.get());
                      });
   };
   segments(phase1);
-  at::parallel_for(0, plan.units, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t u = begin; u < end; ++u) finish(u);
-  });
+  at::parallel_for(0, plan.units, grain(plan.units, plan.unit_elements / 16),
+                   [&](int64_t begin, int64_t end) {
+                     for (int64_t u = begin; u < end; ++u) finish(u);
+                   });
   segments(phase2);
 }
 
-// Uninitialized float32/float64 work arrays from the CPU output cache (cpu/output_pool.h): with
-// B * C large (x [B, C]) they are as big as x, and fresh pages on every call cost more than the
-// kernel.
+// Uninitialized float32/float64 work arrays: small ones from malloc, large ones from the CPU
+// output cache (cpu/output_pool.h): with B * C large (x [B, C]) they are as big as x, and fresh
+// pages on every call cost more than the kernel.
 class Scratch {
  public:
   template <typename T>
   T* take(int64_t n) {
-    blocks_.push_back(empty_output({std::max<int64_t>(1, n) * static_cast<int64_t>(sizeof(T))},
-                                   at::kByte, at::MemoryFormat::Contiguous));
-    return reinterpret_cast<T*>(blocks_.back().data_ptr());
+    const int64_t bytes = std::max<int64_t>(1, n) * static_cast<int64_t>(sizeof(T));
+    if (bytes < kPooledBytes) {
+      small_.emplace_back(new char[bytes]);
+      return reinterpret_cast<T*>(small_.back().get());
+    }
+    large_.push_back(empty_output({bytes}, at::kByte, at::MemoryFormat::Contiguous));
+    return reinterpret_cast<T*>(large_.back().data_ptr());
   }
 
  private:
-  std::vector<at::Tensor> blocks_;
+  static constexpr int64_t kPooledBytes = 1 << 20;  // the cache's smallest block
+  std::vector<std::unique_ptr<char[]>> small_;
+  std::vector<at::Tensor> large_;
 };
 
 // The parameters as float32 arrays, an absent one as its identity (weight 1, the rest 0), so that
@@ -604,9 +628,10 @@ struct CoefTable {
 template <typename scalar_t>
 void group_norm_kernel(const Plan& pl, Scratch& scratch, const scalar_t* x, const Params& p,
                        double eps, bool silu, scalar_t* y, float* mean_out, float* rstd_out) {
-  // Segment partial sums: C-order [B * C * blocks][2]; channels-last [B * blocks * G][2].
-  double* partial =
-      scratch.take<double>(2 * (pl.cl ? pl.B * pl.blocks * pl.G : pl.B * pl.C * pl.blocks));
+  // Segment partial sums: C-order [units * segments_per_unit][2]; channels-last
+  // [B * blocks * G][2].
+  double* partial = scratch.take<double>(
+      2 * (pl.cl ? pl.B * pl.blocks * pl.G : pl.units * pl.segments_per_unit));
   CoefTable coefs(scratch, pl.B * pl.C, false);
   const int64_t seg = pl.segment_elements;
   const double n_group = static_cast<double>(pl.cpg * pl.S);
@@ -618,8 +643,8 @@ void group_norm_kernel(const Plan& pl, Scratch& scratch, const scalar_t* x, cons
     const auto s = pl.segment(unit, si);
     const float* xf = staged(x + s.offset, s.rows * s.cols, buffer);
     if (!pl.cl) {
-      const int64_t k = (s.b * pl.C + s.c) * pl.blocks + si % pl.blocks;
-      return shifted_sums(xf, s.cols, pivot(s.b, s.c / pl.cpg), &partial[2 * k]);
+      return shifted_sums(xf, s.rows * s.cols, x[unit * pl.unit_elements],
+                          &partial[2 * (unit * pl.segments_per_unit + si)]);
     }
     float* pivots = buffer + seg;
     float* acc = pivots + pl.C;
@@ -644,10 +669,10 @@ void group_norm_kernel(const Plan& pl, Scratch& scratch, const scalar_t* x, cons
   };
   auto finish = [&](int64_t unit) {
     if (!pl.cl) {
-      const int64_t b = unit / pl.G, g = unit % pl.G;
-      const double* part = &partial[2 * (b * pl.C + g * pl.cpg) * pl.blocks];
+      const int64_t b = unit / pl.G, g = unit - b * pl.G;
+      const double* part = &partial[2 * unit * pl.segments_per_unit];
       double t1 = 0, t2 = 0;
-      for (int64_t k = 0; k < pl.cpg * pl.blocks; ++k) t1 += part[2 * k], t2 += part[2 * k + 1];
+      for (int64_t k = 0; k < pl.segments_per_unit; ++k) t1 += part[2 * k], t2 += part[2 * k + 1];
       return finish_group(b, g, t1, t2);
     }
     std::vector<double> t(2 * pl.G, 0.0);
@@ -723,9 +748,12 @@ void group_norm_backward_kernel(const Plan& pl, Scratch& scratch, const scalar_t
     const float* xf = staged(x + s.offset, count, buffer);
     const float* dyf = staged(dy + s.offset, count, buffer + seg);
     if (!pl.cl) {
-      const int64_t k = (s.b * pl.C + s.c) * pl.blocks + si % pl.blocks;
-      return grad_sums(xf, dyf, s.cols, coefs.at(s.b * pl.C + s.c), silu, g + s.offset,
-                       &partial[2 * k]);
+      for (int64_t r = 0; r < s.rows; ++r) {
+        const int64_t k = (s.b * pl.C + s.c + r) * pl.blocks + si % pl.blocks, at = r * s.cols;
+        grad_sums(xf + at, dyf + at, s.cols, coefs.at(s.b * pl.C + s.c + r), silu,
+                  g ? g + s.offset + at : nullptr, &partial[2 * k]);
+      }
+      return;
     }
     float* acc = buffer + 2 * seg;
     grad_sums_by_column(xf, dyf, s.rows, pl.C, coefs.at(s.b * pl.C), silu, g + s.offset, acc);

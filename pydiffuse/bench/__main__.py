@@ -2,6 +2,6 @@
 
 import sys
 
-from .harness import main
+from .command import main
 
 sys.exit(main(prog="python -m pydiffuse.bench"))

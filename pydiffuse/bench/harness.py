@@ -9,10 +9,9 @@ The eager baseline is the step equation as a user writes it, in the tensors' own
 noise-stream case it draws its noise with ``torch.randn``. Benchmarks print; they never assert.
 
 This module is the harness (timing, the machine, the report: table, JSON, plot); the cases are
-``cases.py``. Also runnable as ``python -m pydiffuse.bench`` (or ``benchmarks/bench_ops.py``).
+``cases.py``, the command line ``command.py``.
 """
 
-import argparse
 import dataclasses
 import datetime
 import gc
@@ -30,7 +29,6 @@ import torch
 import pydiffuse
 from pydiffuse import ops
 from pydiffuse.ops import _dispatch
-from pydiffuse.utils import check_writable
 
 from .cases import CASE_NAMES, make_cases
 
@@ -442,65 +440,8 @@ def plot(report: dict, path: str) -> None:
     plt.close(fig)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true",
-                        help=f"small size {'x'.join(map(str, QUICK_SHAPE))}, few repeats")
-    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
-    parser.add_argument("--ops", default=",".join(CASE_NAMES),
-                        help=f"comma-separated, from: {', '.join(CASE_NAMES)}")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
-                        help="default: cuda when available, else cpu")
-    parser.add_argument("--shape", default=None,
-                        help=f"e.g. 16,4,512,512 (default {','.join(map(str, FULL_SHAPE))})")
-    parser.add_argument("--json", metavar="FILE", help="write every number and the machine")
-    parser.add_argument("--plot", metavar="FILE.png", help="bar chart (needs matplotlib)")
-
-
 def write_json(report: dict, path: str) -> None:
     """The report (every number and the machine) as JSON at ``path``."""
     with open(path, "w") as f:
         json.dump(report, f, indent=1)
     print(f"wrote {path}")
-
-
-def run_from_args(args: argparse.Namespace) -> dict:
-    names = [n.strip() for n in args.ops.split(",") if n.strip()]
-    if not names:
-        raise ValueError(f"--ops names no op; choose from {', '.join(CASE_NAMES)}")
-    try:
-        shape = [int(d) for d in args.shape.split(",")] if args.shape else None
-    except ValueError:
-        raise ValueError(f"--shape must be comma-separated ints, got {args.shape!r}") from None
-    if shape is not None and min(shape) < 1:
-        raise ValueError(f"--shape must be positive ints (e.g. "
-                         f"{','.join(map(str, QUICK_SHAPE))}), got {args.shape!r}")
-    for flag, path in (("--json", args.json), ("--plot", args.plot)):
-        if path:                    # before the benchmark, not after it
-            check_writable(path, flag)
-    t0 = time.perf_counter()
-    report = run(names, dtype=args.dtype, device=args.device, quick=args.quick, shape=shape)
-    report["wall_s"] = time.perf_counter() - t0
-    print(format_table(report))
-    print(f"(benchmark wall time {report['wall_s']:.1f} s)")
-    if args.json:
-        write_json(report, args.json)
-    if args.plot:
-        try:
-            plot(report, args.plot)
-            print(f"wrote {args.plot}")
-        except ImportError as err:
-            print(f"no plot: {err} (pip install matplotlib)")
-        except Exception as err:  # noqa: BLE001 - the numbers above are what matters
-            print(f"no plot: {_short(err)}")
-    return report
-
-
-def main(argv=None, prog=None) -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        run_from_args(args)
-    except (ValueError, RuntimeError) as err:
-        parser.exit(2, f"pydiffuse bench: {err}\n")
-    return 0

@@ -2,7 +2,9 @@
 
 Choice: ``with backend(name)``, then ``PYDIFFUSE_BACKEND``, then the best backend built for the
 tensor's device (cuda > triton > reference on GPUs; cpu > reference on the CPU). A forced backend
-that cannot run raises ``BackendUnavailable`` saying why; there is no silent fallback.
+that cannot run raises ``BackendUnavailable`` saying why; there is no silent fallback. A forced
+backend always runs its kernel; the default ``cpu`` choice runs an op's eager PyTorch form
+instead where ``thresholds`` says the kernel loses at that size.
 
 Capability: ``CAPABILITIES`` says, per backend, which dtypes it takes, which attention head sizes,
 how many lincomb terms, and whose kernel runs a backward it has none of; an op asks
@@ -26,7 +28,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from . import reference
+from . import reference, thresholds
 from ._autograd import register_namespace
 from ._checks import FLOAT_DTYPES
 from ._packing import LANGEVIN_COEF_NAMES, STEP_ROW_NAMES
@@ -237,26 +239,31 @@ def implementation(op: str, device: torch.device):
     return _kernel(current_backend(device), op)
 
 
-# (op, forced backend or None, device type, dtype, sizes) -> what select returns
-_SELECTED: dict[tuple, Callable] = {}
+# (op, forced backend or None, device type, dtype, sizes) -> (backend name, what select runs)
+_SELECTED: dict[tuple, tuple[str, Callable]] = {}
 
 
-def select(op: str, device: torch.device, dtype: torch.dtype, **sizes):
+def select(op: str, device: torch.device, dtype: torch.dtype, *, eager=None, work: int = 0,
+           **sizes):
     """``implementation(op, device)``, once ``check_supported`` has accepted the inputs
-    (``dtype``, and ``head_dim`` / ``terms`` where the op has them) for the chosen backend;
-    a compiled kernel comes wrapped in ``_below_autograd``. The choice is made once per
-    (op, forced backend, device type, dtype, sizes); a refusal is never cached."""
+    (``dtype``, and ``head_dim`` / ``terms`` where the op has them) for the chosen backend,
+    a compiled kernel wrapped in ``_below_autograd``; or ``eager`` (the op as eager torch ops,
+    the kernel's signature) where the cpu backend is the default choice, not a forced one, and
+    its kernel loses at this ``work`` (``thresholds.CPU_KERNEL_FROM``). The backend is chosen
+    once per (op, forced backend, device type, dtype, sizes); a refusal is never cached."""
     forced = _forced_name()
     key = (op, forced, device.type, dtype, *sizes.items()) if sizes else (op, forced,
                                                                            device.type, dtype)
-    run = _SELECTED.get(key)
-    if run is None:
+    chosen = _SELECTED.get(key)
+    if chosen is None:
         name = _chosen(forced, device.type)
         check_supported(name, dtype=dtype, **sizes)
         run = _kernel(name, op)
-        if name != "reference":
-            run = _below_autograd(run)
-        _SELECTED[key] = run
+        chosen = _SELECTED[key] = (name, run if name == "reference" else _below_autograd(run))
+    name, run = chosen
+    if (eager is not None and name == "cpu" and forced is None
+            and not thresholds.cpu_kernel_wins(op, work)):
+        return eager
     return run
 
 

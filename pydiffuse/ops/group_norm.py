@@ -23,7 +23,8 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, scale=None, s
     channels and every spatial position, with the biased variance: (x - mean) / sqrt(var + eps).
     ``scale`` and ``shift`` are the per-sample, per-channel modulation of ADM's scale-shift norm
     (AdaGN, Dhariwal & Nichol 2021); ``act="silu"`` applies x * sigmoid(x). Statistics are
-    computed in float32 whatever x's dtype, in either memory layout (NCHW or channels_last).
+    computed in float32 whatever x's dtype, in either memory layout (NCHW or channels_last). On
+    the default cpu backend, inputs below ``thresholds.CPU_KERNEL_FROM`` run as eager torch ops.
 
     Args:
         x: [B, C, *spatial] (any number of spatial dims, 0 to 3 in UNets), float32/float16/
@@ -39,9 +40,25 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, scale=None, s
         y, x's shape and dtype (channels_last when x is, on the compiled backends).
     """
     _check(x, num_groups, weight, bias, eps, scale, shift, act)
-    y, _, _ = _dispatch.select("group_norm", x.device, x.dtype)(
+    # eager runs one op for plain GN, several with SiLU or AdaGN: they count twice (thresholds)
+    work = x.numel() * (1 if act is None and scale is None and shift is None else 2)
+    y, _, _ = _dispatch.select("group_norm", x.device, x.dtype, eager=_eager, work=work)(
         x, int(num_groups), weight, bias, scale, shift, float(eps), act == "silu")
     return y
+
+
+def _eager(x, num_groups, weight, bias, scale, shift, eps, silu):
+    """The op as eager torch ops, the kernels' signature (mean and rstd not computed: None), for
+    the sizes where they beat the cpu kernel (``_dispatch.select``); autograd is torch's."""
+    y = torch.group_norm(x, num_groups, weight, bias, eps)
+    if scale is not None or shift is not None:
+        per_channel = list(x.shape[:2]) + [1] * (x.ndim - 2)
+        if scale is not None:
+            y = y * (1 + scale.reshape(per_channel))
+        if shift is not None:
+            y = y + shift.reshape(per_channel)
+        y = y.to(x.dtype)  # float32 parameters of half x promote
+    return (torch.nn.functional.silu(y) if silu else y), None, None
 
 
 def _check(x, num_groups, weight, bias, eps, scale, shift, act) -> None:
@@ -52,12 +69,14 @@ def _check(x, num_groups, weight, bias, eps, scale, shift, act) -> None:
     if x.ndim < 2:
         raise ValueError(f"x must be [B, C, *spatial] (at least 2-d), got shape {list(x.shape)}")
     channels = x.shape[1]
-    if isinstance(num_groups, bool) or not isinstance(num_groups, numbers.Integral):
+    # (``type() is`` first: the ABC checks cost a microsecond a call at small sizes)
+    if type(num_groups) is not int and (isinstance(num_groups, bool)
+                                         or not isinstance(num_groups, numbers.Integral)):
         raise TypeError(f"num_groups must be an int, got {num_groups!r}")
     if num_groups < 1 or channels % num_groups != 0:
         raise ValueError(f"num_groups must be a positive divisor of the {channels} channels of x, "
                          f"got {num_groups}")
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+    if type(eps) is not float and (isinstance(eps, bool) or not isinstance(eps, numbers.Real)):
         raise TypeError(f"eps must be a float, got {eps!r}")
     if not (math.isfinite(eps) and eps >= 0):
         raise ValueError(f"eps must be finite and >= 0, got {eps!r}")
