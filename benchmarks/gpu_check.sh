@@ -6,7 +6,8 @@
 #     OUT=/path/to/results bash benchmarks/gpu_check.sh
 #
 # builds pydiffuse._C with the CUDA kernels, runs the device tests, `pydiffuse info`, the
-# benchmarks (float32 and bfloat16), the UNet fused vs reference, a DDIM loop (also as one CUDA
+# benchmarks (float32 and bfloat16), the UNet fused vs reference, the shape sweeps and the host
+# overhead per call, a DDIM loop (also as one CUDA
 # graph), the likelihoods and LSGM on the device, and the sampling benchmark, and writes into
 # $OUT (at most 10 files):
 #   gpu_check.log  every step's command, output and exit status; lsgm.png  LSGM samples
@@ -105,6 +106,7 @@ step unet 90 "$PY" benchmarks/bench_unet.py --quick --device "$DEVICE" \
   --json "$OUT/bench_unet.json"
 step bench_bf16 110 "$PY" -m pydiffuse.cli bench $QUICK --device "$DEVICE" --dtype bfloat16 \
   --json "$OUT/bench_bf16.json" --plot "$OUT/bench_bf16.png"
+step overhead 60 "$PY" benchmarks/bench_overhead.py --device "$DEVICE" --repeats 9
 step ddim 60 "$PY" -m pydiffuse._demo_loop --device "$DEVICE"
 # the shipped models on the device: LSGM samples and NELBO, the digits model's ODE bits/dim
 step likelihood 60 bash -c "'$PY' -m pydiffuse.cli sample --ckpt lsgm --n 64 --device $DEVICE \
@@ -117,6 +119,9 @@ if "$PY" -c "import diffusers" 2>/dev/null; then
 else
   skip sampling "diffusers is not installed (benchmarks/bench_sampling.py compares against it)"
 fi
+# last, on what is left of the budget (quick: each sweep row compiles its own torch.compile graph)
+step sweep_shapes 90 "$PY" -m pydiffuse.cli bench --sweep shapes --quick --device "$DEVICE"
+step sweep_unet 150 "$PY" -m pydiffuse.cli bench --sweep unet --quick --device "$DEVICE"
 
 # report.md: from the step outputs kept in $TMP.
 printf '%s\n' "${SUMMARY[@]}" >"$TMP/summary"
@@ -157,6 +162,12 @@ for name in ("bench_fp32", "bench_bf16"):
     start = text.find("pydiffuse ")  # the table's first line; progress or errors before it
     lines += [f"## {name}", "", block(text[start:] if start >= 0 else text[-3000:])]
 lines += ["## UNet, fused vs reference", "", block(read("unet")[-3000:])]
+for name, title in (("sweep_shapes", "Step ops in four layouts"),
+                    ("sweep_unet", "group_norm and attention at a UNet's shapes"),
+                    ("overhead", "Host overhead per call")):
+    text = read(name)
+    start = text.find("pydiffuse ") if name != "overhead" else text.find("uptime")
+    lines += [f"## {title}", "", block(text[start:] if start >= 0 else text[-4000:])]
 lines += ["## DDIM loop", "", block(read("ddim"))]
 lines += ["## Shipped models on the device", "", block(read("likelihood")[-3000:])]
 lines += ["## Sampling benchmark", "", block(read("sampling"))]
