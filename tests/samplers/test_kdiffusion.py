@@ -103,3 +103,12 @@ def test_same_samples_as_k_diffusion(case, setup):
         assert len(ours_noise.calls) == len(kd_noise.calls) > 5
         torch.testing.assert_close(torch.tensor(ours_noise.calls), torch.tensor(kd_noise.calls),
                                    rtol=1e-9, atol=0)
+
+
+def test_grid_helpers_match_k_diffusion():
+    args = (9, 0.03, 40.0)
+    for ours, theirs in [(schedules.karras_sigmas(*args, 5.0), K.get_sigmas_karras(*args, 5.0)),
+                         (schedules.exponential_sigmas(*args), K.get_sigmas_exponential(*args)),
+                         (schedules.polyexponential_sigmas(*args, 2.0),
+                          K.get_sigmas_polyexponential(*args, 2.0))]:
+        torch.testing.assert_close(schedules.append_zero(ours).float(), theirs.float())
