@@ -7,6 +7,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
+# k-diffusion: the peer of the sigma-view samplers' tests, without its training/evaluation deps
+# (wandb, clean-fid, CLIP, torchvision...): its samplers need only these (tests/samplers/kdiffusion.py)
+TEST_NODEPS := k-diffusion torchsde torchdiffeq trampoline
 DEPS := triton numpy tqdm pytest matplotlib Pillow pyyaml diffusers scikit-learn safetensors pybind11 ninja cmake "setuptools>=77" wheel "import-linter>=2.17"
 
 .PHONY: demo test build clean
@@ -19,6 +22,7 @@ $(VENV)/.stamp-deps: Makefile
 		$(PYTHON) -m venv $(VENV) && $(BIN)/pip install -q "$(TORCH_SPEC)"; \
 	fi
 	$(BIN)/pip install -q $(DEPS)
+	$(BIN)/pip install -q --no-deps $(TEST_NODEPS)
 	touch $@
 
 build: $(VENV)/.stamp-deps

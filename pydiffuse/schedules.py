@@ -434,6 +434,43 @@ def karras_sigmas(num_steps: int, sigma_min: float, sigma_max: float, rho: float
     return (hi + ramp * (lo - hi)) ** rho
 
 
+def exponential_sigmas(num_steps: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
+    """sigma_i evenly spaced in log sigma from sigma_max to sigma_min, i = 0..N-1, float64
+    (k-diffusion's get_sigmas_exponential, without its final 0: ``append_zero``)."""
+    return polyexponential_sigmas(num_steps, sigma_min, sigma_max, 1.0)
+
+
+def polyexponential_sigmas(num_steps: int, sigma_min: float, sigma_max: float,
+                           rho: float = 1.0) -> torch.Tensor:
+    """log sigma_i = log sigma_min + (1 - i/(N-1))^rho (log sigma_max - log sigma_min),
+    i = 0..N-1, float64 (k-diffusion's get_sigmas_polyexponential, without its final 0)."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if not (0 < sigma_min <= sigma_max and rho > 0):
+        raise ValueError(f"need 0 < sigma_min <= sigma_max and rho > 0, got {sigma_min}, "
+                         f"{sigma_max}, {rho}")
+    ramp = torch.linspace(1, 0, num_steps, dtype=torch.float64) ** rho
+    lo = math.log(sigma_min)
+    return (lo + ramp * (math.log(sigma_max) - lo)).exp()
+
+
+def schedule_sigmas(schedule: "DiscreteSchedule", num_steps: int) -> torch.Tensor:
+    """A discrete schedule's own noise levels ``schedule.sigmas`` at N step indices evenly
+    spaced from the last to the first (rounded), float64, decreasing (k-diffusion's
+    DiscreteSchedule.get_sigmas, whose fractional indices the model would round anyway)."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    index = torch.linspace(len(schedule.sigmas) - 1, 0, num_steps, dtype=torch.float64)
+    return schedule.sigmas[index.round().long()].unique_consecutive()
+
+
+def append_zero(sigmas) -> torch.Tensor:
+    """The levels followed by sigma = 0: the ``sigmas=`` grid of the sigma-view samplers
+    (k-diffusion's convention), e.g. ``append_zero(karras_sigmas(20, 0.002, 80))``."""
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1)
+    return torch.cat([sigmas, sigmas.new_zeros(1)])
+
+
 def sigma_max_from_data(data: torch.Tensor, chunk: int = 1024) -> float:
     """NCSNv2 technique 1: sigma_1 = the largest pairwise Euclidean distance in the data."""
     flat = data.reshape(len(data), -1).to(torch.float64)

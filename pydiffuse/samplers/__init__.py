@@ -7,7 +7,9 @@ the function, its paper, processes, order, ...) the registry every caller reads.
 - ald: annealed Langevin dynamics (NCSN, NCSNv2)
 - pc: predictor-corrector for score SDEs, masked for inpainting/colorization (Song et al. 2021)
 - ode: the probability-flow ODE (Euler, Heun, adaptive RK45)
-- euler, heun: EDM's samplers with churn (Karras et al. 2022); dpmpp_2m: DPM-Solver++(2M)
+- euler, heun, dpm_2: EDM's samplers with churn (Karras et al. 2022); dpmpp_2m: DPM-Solver++(2M)
+- ancestral: euler_ancestral, dpm_2_ancestral, dpmpp_2s_ancestral, dpmpp_sde (k-diffusion's)
+- multistep: lms, dpmpp_2m_sde, dpmpp_3m_sde (k-diffusion's)
 - sgld: stochastic gradient Langevin dynamics for Bayesian posteriors (Welling & Teh 2011)
 
 ``sample_to_npz`` draws n samples split over the ranks of a ``torchrun`` run into one ``.npz``.

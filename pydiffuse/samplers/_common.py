@@ -7,7 +7,7 @@ tables kept on the device (``StepTable``) and the process's time as the model's 
 import torch
 
 from ..nn.denoiser import Denoiser
-from ..ops import lincomb
+from ..ops import lincomb, randn
 from ..ops._packing import pack_seeds
 from ..predictions import check_prediction
 from ..schedules import as_process
@@ -54,6 +54,42 @@ class NoiseStream:
         """Keywords ``seed=, step=`` of the next independent draw."""
         self.step += 1
         return {"seed": self.seeds, "step": self.step}
+
+
+class StepNoise:
+    """The z of a sigma-view sampler's steps: ``noise_sampler(sigma, sigma_next)`` when the user
+    gives one (k-diffusion's convention, so a run can reproduce another library's draws), else
+    the run's noise stream. ``at[stage][i]``: the host (sigma, sigma_next) of step i's draw at
+    that stage (0: the model's step, 1: a second stage), or None where it draws none."""
+
+    def __init__(self, run, noise_sampler, *at):
+        if noise_sampler is not None and not callable(noise_sampler):
+            raise TypeError("noise_sampler must be a callable noise_sampler(sigma, sigma_next) "
+                            f"-> a tensor of x's shape, got {type(noise_sampler).__name__}")
+        self.run, self.noise_sampler = run, noise_sampler
+        self.at = [[None if p is None else tuple(map(float, p)) for p in stage] for stage in at]
+
+    def _user(self, pair, x):
+        z = self.noise_sampler(*pair)
+        if not isinstance(z, torch.Tensor) or z.shape != x.shape:
+            raise ValueError(f"noise_sampler{pair} must return a tensor of x's shape "
+                             f"{tuple(x.shape)}, got {getattr(z, 'shape', type(z).__name__)}")
+        return z.to(device=x.device, dtype=x.dtype)
+
+    def keywords(self, stage: int, i: int, x) -> dict:
+        """``sample_step``'s noise keywords of the draw ({} for none: then s must be 0)."""
+        pair = self.at[stage][i] if stage < len(self.at) else None
+        if pair is None:
+            return {}
+        return {"noise": self._user(pair, x)} if self.noise_sampler else self.run.draw()
+
+    def tensor(self, stage: int, i: int, x):
+        """The draw as a tensor like x (for a ``lincomb``), or None."""
+        kw = self.keywords(stage, i, x)
+        if not kw:
+            return None
+        return kw["noise"] if "noise" in kw else randn(
+            list(x.shape), kw["seed"], kw["step"], device=x.device, dtype=x.dtype)
 
 
 def host_to_device(host: torch.Tensor, device) -> torch.Tensor:

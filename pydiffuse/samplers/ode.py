@@ -34,18 +34,19 @@ def output_terms(den, out, uncond, coef):
     return [out, uncond], [coef * den.guidance, coef * (1 - den.guidance)]
 
 
-def euler_heun_loop(run, x, table: StepTable, times, heun, *, pre=None, desc=None):
+def euler_heun_loop(run, x, table: StepTable, times, heun, *, pre=None, desc=None, noise=None):
     """Run a fixed grid of Euler or Heun steps whose coefficients ``table`` holds, per step i:
 
     (pre[i])  x   = pre_mx x + pre_s z                   (EDM's churn; noise when pre_s > 0)
-              x0  = cx x + co o(x, t_i);  x_e = mx x + m0 x0      (the Euler step, one pass)
-    (heun[i]) x_e = hx x + hd x0 + he x_e + ho o(x_e, t2_i)       (the trapezoid, one lincomb)
+              x0  = cx x + co o(x, t_i);  x_e = mx x + m0 x0 (+ s z_1)   (one ``sample_step``)
+    (heun[i]) x_e = hx x + hd x0 + he x_e + ho o(x_e, t2_i) (+ hz z_2)   (one ``lincomb``)
 
     Args:
         run: the sampler's ``Run`` (model call, noise stream, callback, progress bar).
         table: ``StepTable`` with those columns and (a, std), (a2, std2, co2) for guidance.
         times: (t, t2), the model times of the two evaluations (``Run.times``).
         heun, pre: per-step host booleans.
+        noise: a ``StepNoise`` for z_1 (stage 0) and z_2 (stage 1), or None (no s, hz).
     """
     den = run.den
     for i in run.steps(len(table), desc):
@@ -56,13 +57,19 @@ def euler_heun_loop(run, x, table: StepTable, times, heun, *, pre=None, desc=Non
                             **draws)          # out = x is a placeholder: co = 0
         t = run.t(times[0], i)
         out, uncond = guided_pair(den, x, t, c["a"], c["std"], c["co"])
-        x_e, x0 = sample_step(x, out, StepCoefs(cx=c["cx"], co=c["co"], mx=c["mx"], m0=c["m0"]),
-                              return_x0=True, **den.fused_cfg(uncond))
+        draws = noise.keywords(0, i, x) if noise is not None else {}
+        x_e, x0 = sample_step(x, out, StepCoefs(cx=c["cx"], co=c["co"], mx=c["mx"], m0=c["m0"],
+                                                s=c["s"] if draws else 0.0),
+                              return_x0=True, **den.fused_cfg(uncond), **draws)
         if heun[i]:
             t2 = run.t(times[1], i)
             out2, uncond2 = guided_pair(den, x_e, t2, c["a2"], c["std2"], c["co2"])
             terms, coefs = output_terms(den, out2, uncond2, c["ho"])
-            x_e = lincomb([x, x0, x_e, *terms], [c["hx"], c["hd"], c["he"], *coefs])
+            terms, coefs = [x, x0, x_e, *terms], [c["hx"], c["hd"], c["he"], *coefs]
+            z = noise.tensor(1, i, x) if noise is not None else None
+            if z is not None:
+                terms, coefs = terms + [z], coefs + [c["hz"]]
+            x_e = lincomb(terms, coefs)
         x = x_e
         run.report(i, t, x, x0=x0)
     return x

@@ -1,0 +1,206 @@
+"""Multistep samplers on the noise levels sigma = std / a of any process: linear multistep
+(LMS, Adams-Bashforth in sigma; k-diffusion's sample_lms) and DPM-Solver++(2M) SDE and (3M) SDE
+(Lu et al. 2022, "DPM-Solver++"; k-diffusion's sample_dpmpp_2m_sde / sample_dpmpp_3m_sde).
+
+Each step is two passes (``multistep_loop``): the model's ``sample_step``, whose x0 slot writes
+the step's history item H_i (the derivative d for LMS, the denoised D for DPM-Solver++) and whose
+output is x' without the older history (the noise included), then one ``lincomb`` adding the
+previous H's.
+"""
+
+import math
+import numbers
+
+import numpy as np
+import torch
+
+from ..ops import StepCoefs, lincomb, sample_step
+from ..predictions import x0_coefs
+from ._common import StepNoise, guided_pair, start
+from .edm import check_eta, start_grid
+from .registry import PROCESS_KINDS, register
+
+
+def multistep_loop(run, x, table, times, depth, noise, slot_is_x0):
+    """Per step i, with columns of ``table`` and host ``depth[i]`` previous items used:
+
+    H_i = hx x + ho o(x, t_i);  y = mx x + m0 H_i + s z    (one ``sample_step``, H_i its x0)
+    x'  = y + h1 H_{i-1} + ... + hk H_{i-k}               (one ``lincomb``, k = depth[i])
+
+    the callback's x0 = H_i (``slot_is_x0``) or rx x + rd H_i.
+    """
+    den, hist, keep = run.den, [], max(depth, default=0)
+    for i in run.steps(len(table)):
+        c, t = table.row(i), run.t(times, i)
+        out, uncond = guided_pair(den, x, t, c["a"], c["std"], c["co"])
+        draws = noise.keywords(0, i, x)
+        y, item = sample_step(x, out, StepCoefs(cx=c["hx"], co=c["ho"], mx=c["mx"], m0=c["m0"],
+                                                s=c["s"] if draws else 0.0),
+                              return_x0=True, **den.fused_cfg(uncond), **draws)
+        if depth[i]:
+            y = lincomb([y, *hist[:depth[i]]], [1.0, *(c[f"h{j}"] for j in
+                                                      range(1, depth[i] + 1))])
+        if run.callback is not None:
+            run.report(i, t, y, x0=item if slot_is_x0 else lincomb([x, item],
+                                                                   [c["rx"], c["rd"]]))
+        hist, x = [item, *hist][:keep], y
+    return x
+
+
+def lms_coefficients(sig, order: int) -> list:
+    """c_ij = integral from sigma_i to sigma_{i+1} of the Lagrange basis polynomial of node
+    sigma_{i-j} over the nodes sigma_i, ..., sigma_{i-k+1} (k = min(i + 1, order)), by
+    Gauss-Legendre quadrature with ``order`` nodes (exact: the integrand has degree < order;
+    k-diffusion's linear_multistep_coeff integrates the same with scipy's quad)."""
+    nodes, weights = np.polynomial.legendre.leggauss(order)
+    s = sig.tolist()
+    rows = []
+    for i in range(len(s) - 1):
+        k, half, mid = min(i + 1, order), (s[i + 1] - s[i]) / 2, (s[i + 1] + s[i]) / 2
+        taus = mid + half * nodes
+        rows.append([half * float(np.sum(weights * np.prod(
+            [(taus - s[i - m]) / (s[i - j] - s[i - m]) for m in range(k) if m != j], axis=0)))
+            for j in range(k)])
+    return rows
+
+
+@register("lms", title="linear multistep (LMS)", paper="k-diffusion (Adams-Bashforth in sigma)",
+          processes=PROCESS_KINDS, stochastic=False, order=4, nfe_per_step=1, sigma_view=True,
+          quick={"steps": 5})
+def sample_lms(model, x, process, *, steps=None, sigma_min=None, sigma_max=None, rho=None,
+               sigmas=None, order: int = 4, prediction: str = "eps", seed=None, callback=None,
+               progress=False):
+    """Linear multistep in sigma (k-diffusion's sample_lms): with d_i = (x_i - D_i) / sigma_i
+    (VE coordinates),
+
+    x_{i+1} = x_i + sum_{j < k} c_ij d_{i-j},  k = min(i + 1, order),
+
+    c_ij the integrals of the Lagrange basis over the last k levels (``lms_coefficients``).
+    N model calls; a step is a ``sample_step`` writing d_i and a ``lincomb`` of the older d's.
+
+    Args:
+        as ``sample_euler`` (no churn); order: 1..4; seed is unused (deterministic).
+    """
+    if isinstance(order, bool) or not isinstance(order, numbers.Integral) or not 1 <= order <= 4:
+        raise ValueError(f"order must be an int in 1..4 (lms' maximum is 4), got {order!r}")
+    run = start("lms", model, x, process, prediction=prediction, noise=False, callback=callback,
+                progress=progress)
+    times, sig, a, x = start_grid(run, x, steps, sigma_min, sigma_max, rho, sigmas)
+    n, rows = len(times), lms_coefficients(sig, int(order))
+    s, cx, co = sig[:-1], *x0_coefs(prediction, a[:-1], a[:-1] * sig[:-1])
+    coef = torch.zeros(n, order, dtype=torch.float64)
+    for i, row in enumerate(rows):
+        coef[i, :len(row)] = torch.tensor(row, dtype=torch.float64)
+    # d = x / (a sigma) - D / sigma; x' = a' (x / a + sum_j c_j d_{i-j})
+    cols = dict(a=a[:-1], std=a[:-1] * s, co=co, hx=1 / (a[:-1] * s) - cx / s, ho=-co / s,
+                mx=a[1:] / a[:-1], m0=a[1:] * coef[:, 0], s=torch.zeros(n), rx=1 / a[:-1],
+                rd=-s, **{f"h{j}": a[1:] * coef[:, j] for j in range(1, order)})
+    depth = [len(row) - 1 for row in rows]
+    return multistep_loop(run, x, run.table(cols), run.times(times), depth,
+                          StepNoise(run, None), False)
+
+
+def _sde_columns(prediction, sig, a, eta, s_noise, correction):
+    """The DPM-Solver++ multistep SDE step in VE coordinates (k-diffusion's sample_dpmpp_2m_sde
+    and _3m_sde), h = log(sigma / sigma'), H = (1 + eta) h:
+
+    x' = (sigma' / sigma) e^(-eta h) x + (1 - e^-H) D + sum_j w_j D_{i-j}
+         + sigma' sqrt(1 - e^(-2 eta h)) s_noise z,       x' = D on the last step,
+
+    (w_0, w_1, ...) = ``correction(i, h, H)`` (h the host float64 steps so far), as columns.
+    """
+    n, last = len(sig) - 1, sig[1:] == 0
+    h = torch.where(last, 1.0, sig[:-1] / torch.where(last, 1.0, sig[1:])).log()
+    big = (1 + eta) * h
+    cx, co = x0_coefs(prediction, a[:-1], a[:-1] * sig[:-1])
+    b = torch.where(last, 1.0, -torch.expm1(-big))
+    weights = [[] if last[i] else correction(i, h, float(big[i])) for i in range(n)]
+    width = max(map(len, weights), default=1)
+    w = torch.zeros(n, max(width, 1), dtype=torch.float64)
+    for i, row in enumerate(weights):
+        w[i, :len(row)] = torch.tensor(row, dtype=torch.float64)
+    noise = sig[1:] * (-torch.expm1(-2 * eta * h)).clamp(min=0).sqrt() * s_noise
+    cols = dict(a=a[:-1], std=a[:-1] * sig[:-1], co=co, hx=cx, ho=co,
+                mx=torch.where(last, 0.0, a[1:] * sig[1:] / sig[:-1] * torch.exp(-eta * h)
+                               / a[:-1]),
+                m0=a[1:] * (b + w[:, 0]), s=torch.where(last, 0.0, a[1:] * noise),
+                **{f"h{j}": a[1:] * w[:, j] for j in range(1, w.shape[1])})
+    depth = [max(len(row) - 1, 0) for row in weights]
+    at = [(sig[i], sig[i + 1]) if d else None for i, d in enumerate((cols["s"] > 0).tolist())]
+    return cols, depth, at
+
+
+def _sde_run(name, model, x, process, grid, eta, s_noise, noise_sampler, prediction, seed,
+             callback, progress, correction):
+    check_eta(eta, s_noise)
+    run = start(name, model, x, process, prediction=prediction, seed=seed, callback=callback,
+                noise=eta > 0 and s_noise > 0 and noise_sampler is None, progress=progress)
+    times, sig, a, x = start_grid(run, x, *grid)
+    cols, depth, at = _sde_columns(prediction, sig, a, eta, s_noise, correction)
+    return multistep_loop(run, x, run.table(cols), run.times(times), depth,
+                          StepNoise(run, noise_sampler, at), True)
+
+
+@register("dpmpp_2m_sde", title="DPM-Solver++(2M) SDE", paper="Lu et al. 2022 (DPM-Solver++); "
+          "k-diffusion", processes=PROCESS_KINDS, stochastic="eta > 0", order=2,
+          nfe_per_step=1, sigma_view=True, quick={"steps": 4})
+def sample_dpmpp_2m_sde(model, x, process, *, steps=None, sigma_min=None, sigma_max=None,
+                        rho=None, sigmas=None, eta: float = 1.0, s_noise: float = 1.0,
+                        solver_type: str = "midpoint", noise_sampler=None,
+                        prediction: str = "eps", seed=None, callback=None, progress=False):
+    """DPM-Solver++(2M) SDE (Lu et al. 2022; k-diffusion's sample_dpmpp_2m_sde): ``_sde_columns``'
+    step with, from the second step on, r = h_prev / h and
+
+    midpoint: w (D - D_prev),  w = (1 - e^-H) / (2r);   heun: w = (1 - (1 - e^-H) / H) / r.
+
+    eta = 0 is DPM-Solver++(2M) with this correction. N model calls; k-diffusion's default z is
+    a Brownian tree, here the noise stream (its BrownianTreeNoiseSampler as ``noise_sampler``
+    reproduces its runs).
+
+    Args:
+        as ``sample_euler_ancestral``; solver_type: "midpoint" or "heun".
+    """
+    if solver_type not in ("midpoint", "heun"):
+        raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
+
+    def correction(i, h, big):
+        if i == 0:
+            return [0.0]
+        r, b = float(h[i - 1] / h[i]), -math.expm1(-big)
+        w = b / (2 * r) if solver_type == "midpoint" else (1 - b / big) / r
+        return [w, -w]
+
+    return _sde_run("dpmpp_2m_sde", model, x, process, (steps, sigma_min, sigma_max, rho, sigmas),
+                    eta, s_noise, noise_sampler, prediction, seed, callback, progress,
+                    correction)
+
+
+@register("dpmpp_3m_sde", title="DPM-Solver++(3M) SDE", paper="Lu et al. 2022 (DPM-Solver++); "
+          "k-diffusion", processes=PROCESS_KINDS, stochastic="eta > 0", order=3,
+          nfe_per_step=1, sigma_view=True, quick={"steps": 4})
+def sample_dpmpp_3m_sde(model, x, process, *, steps=None, sigma_min=None, sigma_max=None,
+                        rho=None, sigmas=None, eta: float = 1.0, s_noise: float = 1.0,
+                        noise_sampler=None, prediction: str = "eps", seed=None, callback=None,
+                        progress=False):
+    """DPM-Solver++(3M) SDE (Lu et al. 2022; k-diffusion's sample_dpmpp_3m_sde): ``_sde_columns``'
+    step plus phi_2 d1 - phi_3 d2, phi_2 = 1 - (1 - e^-H) / H, phi_3 = phi_2 / H - 1/2, with
+    r0 = h_{i-1} / h, r1 = h_{i-2} / h, d1_0 = (D - D_1) / r0, d1_1 = (D_1 - D_2) / r1,
+    d1 = d1_0 + (d1_0 - d1_1) r0 / (r0 + r1), d2 = (d1_0 - d1_1) / (r0 + r1);
+    on the second step phi_2 (D - D_1) / r0. N model calls; arguments as
+    ``sample_dpmpp_2m_sde`` (no solver_type).
+    """
+    def correction(i, h, big):
+        if i == 0:
+            return [0.0]
+        phi2 = 1 + math.expm1(-big) / big
+        r0 = float(h[i - 1] / h[i])
+        if i == 1:
+            return [phi2 / r0, -phi2 / r0]
+        phi3, r1 = phi2 / big - 0.5, float(h[i - 2] / h[i])
+        diff = [1 / r0, -1 / r0 - 1 / r1, 1 / r1]
+        d1 = [u + v * r0 / (r0 + r1) for u, v in zip([1 / r0, -1 / r0, 0.0], diff)]
+        return [phi2 * u - phi3 * v / (r0 + r1) for u, v in zip(d1, diff)]
+
+    return _sde_run("dpmpp_3m_sde", model, x, process, (steps, sigma_min, sigma_max, rho, sigmas),
+                    eta, s_noise, noise_sampler, prediction, seed, callback, progress,
+                    correction)
