@@ -100,7 +100,31 @@ def sample_lms(model, x, process, *, steps=None, sigma_min=None, sigma_max=None,
                           StepNoise(run, None), False)
 
 
-def _sde_columns(prediction, sig, a, eta, s_noise, correction):
+def dpmpp_weights(order: int, solver_type: str, i: int, h, big: float) -> list:
+    """(w_0, w_1, ...) of D_i, D_{i-1}, ... in ``dpmpp_sde_columns``' correction of DPM-Solver++'s
+    multistep step of ``order`` at step i (Lu et al. 2022; k-diffusion's sample_dpmpp_2m_sde /
+    _3m_sde; diffusers' DPMSolverMultistepScheduler), h the host steps log(sigma / sigma'),
+    big = H = (1 + eta) h_i, b = 1 - e^-H, r0 = h_{i-1} / h_i, r1 = h_{i-2} / h_i:
+
+    1: none;  2: midpoint w (D - D_1), w = b / (2 r0), or heun w = (1 - b / H) / r0;
+    3: phi_2 d1 - phi_3 d2, phi_2 = 1 - b / H, phi_3 = phi_2 / H - 1/2,
+       d1_0 = (D - D_1) / r0, d1_1 = (D_1 - D_2) / r1, d1 = d1_0 + (d1_0 - d1_1) r0 / (r0 + r1),
+       d2 = (d1_0 - d1_1) / (r0 + r1).
+    """
+    if order == 1:
+        return [0.0]
+    r0, b = float(h[i - 1] / h[i]), -math.expm1(-big)
+    if order == 2:
+        w = b / (2 * r0) if solver_type == "midpoint" else (1 - b / big) / r0
+        return [w, -w]
+    phi2, r1 = 1 - b / big, float(h[i - 2] / h[i])
+    phi3 = phi2 / big - 0.5
+    diff = [1 / r0, -1 / r0 - 1 / r1, 1 / r1]
+    d1 = [u + v * r0 / (r0 + r1) for u, v in zip([1 / r0, -1 / r0, 0.0], diff)]
+    return [phi2 * u - phi3 * v / (r0 + r1) for u, v in zip(d1, diff)]
+
+
+def dpmpp_sde_columns(prediction, sig, a, eta, s_noise, correction):
     """The DPM-Solver++ multistep SDE step in VE coordinates (k-diffusion's sample_dpmpp_2m_sde
     and _3m_sde), h = log(sigma / sigma'), H = (1 + eta) h:
 
@@ -136,7 +160,7 @@ def _sde_run(name, model, x, process, grid, eta, s_noise, noise_sampler, predict
     run = start(name, model, x, process, prediction=prediction, seed=seed, callback=callback,
                 noise=eta > 0 and s_noise > 0 and noise_sampler is None, progress=progress)
     times, sig, a, x = start_grid(run, x, *grid)
-    cols, depth, at = _sde_columns(prediction, sig, a, eta, s_noise, correction)
+    cols, depth, at = dpmpp_sde_columns(prediction, sig, a, eta, s_noise, correction)
     return multistep_loop(run, x, run.table(cols), run.times(times), depth,
                           StepNoise(run, noise_sampler, at), True)
 
@@ -148,8 +172,8 @@ def sample_dpmpp_2m_sde(model, x, process, *, steps=None, sigma_min=None, sigma_
                         rho=None, sigmas=None, eta: float = 1.0, s_noise: float = 1.0,
                         solver_type: str = "midpoint", noise_sampler=None,
                         prediction: str = "eps", seed=None, callback=None, progress=False):
-    """DPM-Solver++(2M) SDE (Lu et al. 2022; k-diffusion's sample_dpmpp_2m_sde): ``_sde_columns``'
-    step with, from the second step on, r = h_prev / h and
+    """DPM-Solver++(2M) SDE (Lu et al. 2022; k-diffusion's sample_dpmpp_2m_sde):
+    ``dpmpp_sde_columns``' step with, from the second step on, r = h_prev / h and
 
     midpoint: w (D - D_prev),  w = (1 - e^-H) / (2r);   heun: w = (1 - (1 - e^-H) / H) / r.
 
@@ -164,11 +188,7 @@ def sample_dpmpp_2m_sde(model, x, process, *, steps=None, sigma_min=None, sigma_
         raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
 
     def correction(i, h, big):
-        if i == 0:
-            return [0.0]
-        r, b = float(h[i - 1] / h[i]), -math.expm1(-big)
-        w = b / (2 * r) if solver_type == "midpoint" else (1 - b / big) / r
-        return [w, -w]
+        return dpmpp_weights(min(i + 1, 2), solver_type, i, h, big)
 
     return _sde_run("dpmpp_2m_sde", model, x, process, (steps, sigma_min, sigma_max, rho, sigmas),
                     eta, s_noise, noise_sampler, prediction, seed, callback, progress,
@@ -182,24 +202,13 @@ def sample_dpmpp_3m_sde(model, x, process, *, steps=None, sigma_min=None, sigma_
                         rho=None, sigmas=None, eta: float = 1.0, s_noise: float = 1.0,
                         noise_sampler=None, prediction: str = "eps", seed=None, callback=None,
                         progress=False):
-    """DPM-Solver++(3M) SDE (Lu et al. 2022; k-diffusion's sample_dpmpp_3m_sde): ``_sde_columns``'
-    step plus phi_2 d1 - phi_3 d2, phi_2 = 1 - (1 - e^-H) / H, phi_3 = phi_2 / H - 1/2, with
-    r0 = h_{i-1} / h, r1 = h_{i-2} / h, d1_0 = (D - D_1) / r0, d1_1 = (D_1 - D_2) / r1,
-    d1 = d1_0 + (d1_0 - d1_1) r0 / (r0 + r1), d2 = (d1_0 - d1_1) / (r0 + r1);
-    on the second step phi_2 (D - D_1) / r0. N model calls; arguments as
+    """DPM-Solver++(3M) SDE (Lu et al. 2022; k-diffusion's sample_dpmpp_3m_sde):
+    ``dpmpp_sde_columns``' step with ``dpmpp_weights`` of order 3 (phi_2 d1 - phi_3 d2), of
+    order 2 (heun) on the second step. N model calls; arguments as
     ``sample_dpmpp_2m_sde`` (no solver_type).
     """
     def correction(i, h, big):
-        if i == 0:
-            return [0.0]
-        phi2 = 1 + math.expm1(-big) / big
-        r0 = float(h[i - 1] / h[i])
-        if i == 1:
-            return [phi2 / r0, -phi2 / r0]
-        phi3, r1 = phi2 / big - 0.5, float(h[i - 2] / h[i])
-        diff = [1 / r0, -1 / r0 - 1 / r1, 1 / r1]
-        d1 = [u + v * r0 / (r0 + r1) for u, v in zip([1 / r0, -1 / r0, 0.0], diff)]
-        return [phi2 * u - phi3 * v / (r0 + r1) for u, v in zip(d1, diff)]
+        return dpmpp_weights(min(i + 1, 3), "heun", i, h, big)
 
     return _sde_run("dpmpp_3m_sde", model, x, process, (steps, sigma_min, sigma_max, rho, sigmas),
                     eta, s_noise, noise_sampler, prediction, seed, callback, progress,
