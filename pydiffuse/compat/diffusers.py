@@ -4,6 +4,10 @@ one fused ``pydiffuse.ops.sample_step`` pass:
     from pydiffuse.compat.diffusers import FusedDDIMScheduler
     pipe.scheduler = FusedDDIMScheduler.from_config(pipe.scheduler.config)
 
+and, from ``_diffusers_solvers.py``, for ``EulerDiscreteScheduler``,
+``EulerAncestralDiscreteScheduler``, ``DPMSolverMultistepScheduler`` and ``PNDMScheduler``;
+``FUSED_SCHEDULERS`` maps each diffusers class name to its drop-in.
+
 The classes subclass diffusers' own, so the config, ``from_config`` / ``save_config`` /
 ``from_pretrained``, ``set_timesteps``, ``timesteps``, ``add_noise``, ``scale_model_input`` and
 ``init_noise_sigma`` are diffusers'. ``step`` keeps diffusers' signature and returns the same
@@ -43,130 +47,32 @@ eta and use_clipped_model_output (DDIM); variance_type "fixed_small", "fixed_sma
 run a diffusers-trained model with ``pydiffuse.sample``.
 """
 
-import dataclasses
-import inspect
-
 import torch
 
 try:
     from diffusers import DDIMScheduler, DDPMScheduler
     from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
     from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
-    from diffusers.utils.torch_utils import randn_tensor
 except ImportError as err:
     raise ImportError("pydiffuse.compat.diffusers needs diffusers: pip install diffusers "
                       "(or pip install 'pydiffuse[diffusers]')") from err
 
-from ..ops import StepCoefs, lincomb, sample_step
+from ..ops import StepCoefs
 from ..predictions import eps_coefs, x0_coefs
 from ..schedules import DiscreteSchedule, from_betas
+from ._diffusers_solvers import (FusedDPMSolverMultistepScheduler,
+                                 FusedEulerAncestralDiscreteScheduler,
+                                 FusedEulerDiscreteScheduler, FusedPNDMScheduler)
+from ._fused_scheduler import _FusedStep, _Plan, _with_seed
 
-__all__ = ["FusedDDIMScheduler", "FusedDDPMScheduler", "schedule_from_diffusers"]
+__all__ = ["FUSED_SCHEDULERS", "FusedDDIMScheduler", "FusedDDPMScheduler",
+           "FusedDPMSolverMultistepScheduler", "FusedEulerAncestralDiscreteScheduler",
+           "FusedEulerDiscreteScheduler", "FusedPNDMScheduler", "schedule_from_diffusers"]
 
-PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
-
-
-@dataclasses.dataclass
-class _Plan:
-    """One timestep's step: ``coefs`` of the main pass; whether diffusers draws noise here;
-    ``first``, a pass whose result the main pass takes as its noise, or ``out_as_noise``, the
-    model output in the noise slot (both: DDIM's unclipped eps)."""
-
-    coefs: StepCoefs
-    noisy: bool
-    first: StepCoefs | None = None
-    out_as_noise: bool = False
-    learned_var: tuple | None = None
-
-
-def _with_seed(parent):
-    """``parent.__init__`` plus the keyword ``seed``, kept out of the config. The signature shown
-    is parent's plus ``seed``: ``from_config`` reads it, so ``from_config(cfg, seed=1)`` works."""
-
-    def __init__(self, *args, seed=0, **kwargs):
-        parent.__init__(self, *args, **kwargs)
-        self.seed, self._plans, self._seen, self._host_ts = seed, {}, None, []
-
-    sig = inspect.signature(parent.__init__)
-    seed = inspect.Parameter("seed", inspect.Parameter.KEYWORD_ONLY, default=0)
-    __init__.__signature__ = sig.replace(parameters=[*sig.parameters.values(), seed])
-    return __init__
-
-
-class _FusedStep:
-    """What both schedulers share: the host timestep, the cached plans, the noise, the run."""
-
-    def _host_timestep(self, timestep) -> int:
-        if self.timesteps is not self._seen:  # set_timesteps ran (or timesteps were replaced)
-            self._seen, self._plans = self.timesteps, {}
-            self._host_ts = self.timesteps.tolist()
-        if isinstance(timestep, torch.Tensor) and timestep.device.type != "cpu":
-            ts = self._seen
-            if (timestep.numel() == 1 and ts.stride(0) == 1 and timestep.untyped_storage()
-                    .data_ptr() == ts.untyped_storage().data_ptr()):
-                return self._host_ts[timestep.storage_offset() - ts.storage_offset()]
-        return int(timestep)
-
-    def _plan(self, t: int, *options) -> _Plan:
-        plan = self._plans.get((t, *options))
-        if plan is None:
-            ts = self._host_ts if t in self._host_ts else [t]
-            ab = self.alphas_cumprod.detach().to("cpu", torch.float64)
-            plans = self._make_plans(ab, torch.tensor(ts), *options)
-            self._plans.update({(u, *options): p for u, p in zip(ts, plans)})
-            plan = self._plans[(t, *options)]
-        return plan
-
-    def _prediction(self) -> str:
-        kind = self.config.prediction_type
-        if kind not in PREDICTIONS:
-            raise ValueError(f"prediction_type given as {kind} must be one of "
-                             f"{', '.join(PREDICTIONS)} for {type(self).__name__}")
-        return PREDICTIONS[kind]
-
-    def _thresholded(self, coefs: StepCoefs, x, out) -> StepCoefs:
-        """Dynamic thresholding as diffusers: x0 -> clamp(x0, -r, r) / r, r = the per-sample
-        quantile of |x0| clamped to [1, sample_max_value]; here (cx, co) / r with clip 1."""
-        x0 = lincomb([x, out if out.shape == x.shape else out[:, :x.shape[1]]],
-                     [coefs.cx, coefs.co])
-        r = torch.quantile(x0.reshape(len(x0), -1).abs().float(),
-                           self.config.dynamic_thresholding_ratio, dim=1)
-        r = r.clamp(min=1, max=self.config.sample_max_value)
-        return dataclasses.replace(coefs, cx=coefs.cx / r, co=coefs.co / r)
-
-    def _run(self, plan: _Plan, t: int, model_output, sample, generator, variance_noise,
-             output, return_dict):
-        x, out = sample, model_output
-        if out.dtype != x.dtype:  # diffusers' arithmetic promotes
-            dtype = torch.promote_types(x.dtype, out.dtype)
-            x, out = x.to(dtype), out.to(dtype)
-        noise = {}
-        if plan.noisy and variance_noise is not None:
-            noise = {"noise": variance_noise.to(x.dtype)}
-        elif plan.noisy and generator is not None:
-            z = randn_tensor(sample.shape, generator=generator, device=model_output.device,
-                             dtype=model_output.dtype)
-            noise = {"noise": z.to(x.dtype)}
-        elif plan.noisy:
-            noise = {"seed": self.seed, "step": t + 1}
-        coefs, clip = plan.coefs, None
-        if self.config.thresholding:
-            coefs, clip = self._thresholded(coefs, x, out), 1.0
-        elif self.config.clip_sample:
-            clip = self.config.clip_sample_range
-        if plan.first is not None:
-            noise = {"noise": sample_step(x, out, plan.first, **noise)}
-        elif plan.out_as_noise:
-            noise = {"noise": out}
-        prev, x0 = sample_step(x, out, coefs, clip=clip, learned_var=plan.learned_var,
-                               return_x0=True, **noise)
-        if not return_dict:
-            return prev, x0
-        return output(prev_sample=prev, pred_original_sample=x0)
-
-
-def _previous(ab, t, prev, final):
-    """(alpha_bar_t, alpha_bar_prev) for timesteps t and their previous ones (final below 0)."""
+def _previous(scheduler, ts, prev, final):
+    """(alpha_bar_t, alpha_bar_prev), host float64, for timesteps ts (a list) and their previous
+    ones (a tensor; final below 0)."""
+    ab, t = scheduler.alphas_cumprod.detach().to("cpu", torch.float64), torch.tensor(ts)
     return ab[t], torch.where(prev >= 0, ab[prev.clamp(min=0)], final)
 
 
@@ -183,9 +89,9 @@ class FusedDDIMScheduler(_FusedStep, DDIMScheduler):
 
     __init__ = _with_seed(DDIMScheduler)
 
-    def _make_plans(self, ab, t, eta, use_clipped):
-        prev = t - self.config.num_train_timesteps // self.num_inference_steps
-        ab_t, ab_prev = _previous(ab, t, prev, float(self.final_alpha_cumprod))
+    def _make_plans(self, ts, eta, use_clipped):
+        prev = torch.tensor(ts) - self.config.num_train_timesteps // self.num_inference_steps
+        ab_t, ab_prev = _previous(self, ts, prev, float(self.final_alpha_cumprod))
         a, sd = ab_t.sqrt(), (1 - ab_t).sqrt()
         cx, co = x0_coefs(self._prediction(), a, sd)
         ex, e0 = eps_coefs(a, sd)
@@ -248,7 +154,7 @@ class FusedDDPMScheduler(_FusedStep, DDPMScheduler):
 
     __init__ = _with_seed(DDPMScheduler)
 
-    def _make_plans(self, ab, t):
+    def _make_plans(self, ts):
         kind = self.variance_type
         if kind not in ("fixed_small", "fixed_small_log", "fixed_large", "learned_range"):
             raise NotImplementedError(
@@ -258,15 +164,16 @@ class FusedDDPMScheduler(_FusedStep, DDPMScheduler):
                 + "; use fixed_small, fixed_small_log, fixed_large or learned_range, or "
                 "diffusers' DDPMScheduler")
         if self.custom_timesteps or self.num_inference_steps:
-            ts = self._host_ts
-            missing = [u for u in t.tolist() if u not in ts]
+            order = self._host_ts
+            missing = [u for u in ts if u not in order]
             if missing:
                 raise ValueError(f"timestep {missing[0]} is not in scheduler.timesteps")
-            prev = torch.tensor([ts[i + 1] if i + 1 < len(ts) else -1
-                                 for i in (ts.index(u) for u in t.tolist())])
+            prev = torch.tensor([order[i + 1] if i + 1 < len(order) else -1
+                                 for i in (order.index(u) for u in ts)])
         else:
-            prev = t - 1
-        ab_t, ab_prev = _previous(ab, t, prev, 1.0)
+            prev = torch.tensor(ts) - 1
+        t = torch.tensor(ts)
+        ab_t, ab_prev = _previous(self, ts, prev, 1.0)
         alpha, beta = ab_t / ab_prev, 1 - ab_t / ab_prev
         m0 = ab_prev.sqrt() * beta / (1 - ab_t)
         mx = alpha.sqrt() * (1 - ab_prev) / (1 - ab_t)
@@ -295,6 +202,16 @@ class FusedDDPMScheduler(_FusedStep, DDPMScheduler):
         t = self._host_timestep(timestep)
         return self._run(self._plan(t), t, model_output, sample, generator, None,
                          DDPMSchedulerOutput, return_dict)
+
+
+FUSED_SCHEDULERS = {
+    "DDIMScheduler": FusedDDIMScheduler, "DDPMScheduler": FusedDDPMScheduler,
+    "EulerDiscreteScheduler": FusedEulerDiscreteScheduler,
+    "EulerAncestralDiscreteScheduler": FusedEulerAncestralDiscreteScheduler,
+    "DPMSolverMultistepScheduler": FusedDPMSolverMultistepScheduler,
+    "PNDMScheduler": FusedPNDMScheduler}
+"""diffusers' scheduler class name -> its fused drop-in (``FUSED_SCHEDULERS[type(s).__name__]
+.from_config(s.config)``)."""
 
 
 def schedule_from_diffusers(config) -> DiscreteSchedule:
