@@ -31,17 +31,23 @@ import sys
 import time
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
+                       EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, PNDMScheduler,
+                       UNet2DModel)
 
 import pydiffuse
 from pydiffuse import bench, ops
 from pydiffuse.compat.diffusers import (FusedDDIMScheduler, FusedDDPMScheduler,
+                                        FusedDPMSolverMultistepScheduler,
+                                        FusedEulerAncestralDiscreteScheduler,
+                                        FusedEulerDiscreteScheduler, FusedPNDMScheduler,
                                         schedule_from_diffusers)
 from pydiffuse.samplers._common import StepTable
 from pydiffuse.samplers.ddim import ddim_schedule, ddim_table
 from pydiffuse.samplers.ddpm import ddpm_table
 
 STEP_SHAPE = (64, 3, 64, 64)
+SOLVER_SHAPE = (64, 4, 64, 64)  # Stable Diffusion's latents
 E2E_SHAPE = (8, 3, 32, 32)
 STEPS = 50
 E2E_BUDGET = {False: bench.Budget(0.0, 1, 0.0, 5, 5), True: bench.Budget(0.0, 1, 0.0, 2, 2)}
@@ -116,6 +122,53 @@ def ddpm_methods(x, out) -> list:
     ]
 
 
+SOLVERS = [  # case, diffusers' class, the fused one, config, generator?, tensors the fused moves
+    ("Euler", EulerDiscreteScheduler, FusedEulerDiscreteScheduler, {}, False, 4),
+    ("Euler ancestral (generator)", EulerAncestralDiscreteScheduler,
+     FusedEulerAncestralDiscreteScheduler, {}, True, 6),
+    ("Euler ancestral (no generator: stream)", EulerAncestralDiscreteScheduler,
+     FusedEulerAncestralDiscreteScheduler, {}, False, 4),
+    ("DPM-Solver++ 2M", DPMSolverMultistepScheduler, FusedDPMSolverMultistepScheduler, {}, False,
+     5),
+    ("DPM-Solver++ 2M Karras", DPMSolverMultistepScheduler, FusedDPMSolverMultistepScheduler,
+     {"use_karras_sigmas": True}, False, 5),
+    ("SDE-DPM-Solver++ 2M (generator)", DPMSolverMultistepScheduler,
+     FusedDPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++"}, True, 9),
+    ("SDE-DPM-Solver++ 2M (no generator: stream)", DPMSolverMultistepScheduler,
+     FusedDPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++"}, False, 7),
+    ("PNDM (PLMS)", PNDMScheduler, FusedPNDMScheduler, {"skip_prk_steps": True}, False, 6),
+]
+
+
+def solver_methods(x, out) -> list:
+    """(case, [(name, call, tensors moved or None)]) of one mid-run step of each new fused
+    scheduler and diffusers' own (the stock config but for the case's keys): both run to step
+    STEPS // 2 first, so the multistep histories are full; each timed call resets the step
+    counter (``_step_index``), so every call is that step. Without a generator diffusers draws
+    from torch's global generator, the fused scheduler from the noise stream."""
+    cases = []
+    for case, stock_cls, fused_cls, config, with_generator, moved in SOLVERS:
+        pair = []
+        for cls in (stock_cls, fused_cls):
+            sched = cls(**config)
+            sched.set_timesteps(STEPS)
+            gen = torch.Generator(x.device).manual_seed(0)
+            step_kw = {"generator": gen} if with_generator else {}
+            for t in sched.timesteps[:STEPS // 2]:
+                sched.step(out, t, x, **step_kw)
+            t, k = sched.timesteps[STEPS // 2], getattr(sched, "_step_index", None)
+
+            def call(sched=sched, t=t, k=k, step_kw=step_kw):
+                if k is not None:
+                    sched._step_index = k
+                return sched.step(out, t, x, **step_kw)
+
+            pair.append(call)
+        cases.append((case, [(f"diffusers {stock_cls.__name__}.step", pair[0], None),
+                             (f"{fused_cls.__name__}.step", pair[1], moved)]))
+    return cases
+
+
 def keep_freed_memory() -> bool:
     """Have glibc's malloc keep freed buffers up to 32 MiB (no mmap / munmap per tensor), as a
     caching allocator does: CPU timings then measure the step, not the first-touch page faults
@@ -134,12 +187,15 @@ def _timed(fn, device, budget) -> dict:
     return {**bench._summary(times), "other_cpu_load": load.value}
 
 
-def step_rows(device, budget, copy_gbps: float, use_compile: bool) -> list[dict]:
-    x, out = bench._inputs(2, STEP_SHAPE, torch.float32, device)
+def step_rows(device, budget, copy_gbps: float, use_compile: bool, shape=STEP_SHAPE,
+              cases=None) -> list[dict]:
+    """Rows of ``cases(x, out)`` -> [(case, methods)] on [shape] inputs (default: DDIM, DDPM)."""
+    x, out = bench._inputs(2, shape, torch.float32, device)
     tensor_bytes = x.numel() * x.element_size()
     rows = []
-    for case, methods in (("DDIM eta=0", ddim_methods(x, out)),
-                          ("DDPM fixed_small", ddpm_methods(x, out))):
+    cases = cases or (lambda x, out: [("DDIM eta=0", ddim_methods(x, out)),
+                                      ("DDPM fixed_small", ddpm_methods(x, out))])
+    for case, methods in cases(x, out):
         base = None
         for name, fn, moved in methods:
             row = {"case": case, "method": name, "error": None}
@@ -233,6 +289,18 @@ def _star(row) -> str:
     return " *" if load is not None and load > bench.LOAD_WARNING else ""
 
 
+def _step_table(rows) -> list:
+    body = []
+    for r in rows:
+        if r["error"]:
+            body.append([r["case"], r["method"], "n/a", "-", "-", r["error"][:60]])
+            continue
+        note = f"compile {r['compile_s']:.0f} s" if "compile_s" in r else ""
+        body.append([r["case"], r["method"], _cell(r["median_ms"], ".3f") + _star(r),
+                     _cell(r["x_diffusers"], ".1f"), _cell(r.get("pct_copy_bw"), ".0f"), note])
+    return _format(["case", "method", "ms/step", "x diffusers", "% copy BW", ""], body)
+
+
 def format_report(report: dict) -> str:
     m, c = report["machine"], report["copy"]
     where = m["gpu"] if report["device"].startswith("cuda") else (
@@ -241,15 +309,10 @@ def format_report(report: dict) -> str:
              f"torch {m['torch']}, diffusers {report['diffusers']}; {m['date']}", "",
              f"(a) per-step overhead, {'x'.join(map(str, STEP_SHAPE))} float32, model output "
              f"fixed; copy bandwidth {c['gbps']:.1f} GB/s [{c['median_ms']:.3f} ms]{_star(c)}"]
-    body = []
-    for r in report["steps"]:
-        if r["error"]:
-            body.append([r["case"], r["method"], "n/a", "-", "-", r["error"][:60]])
-            continue
-        note = f"compile {r['compile_s']:.0f} s" if "compile_s" in r else ""
-        body.append([r["case"], r["method"], _cell(r["median_ms"], ".3f") + _star(r),
-                     _cell(r["x_diffusers"], ".1f"), _cell(r.get("pct_copy_bw"), ".0f"), note])
-    lines += _format(["case", "method", "ms/step", "x diffusers", "% copy BW", ""], body)
+    lines += _step_table(report["steps"])
+    lines += ["", f"(a') per-step overhead of the diffusers drop-ins, "
+              f"{'x'.join(map(str, SOLVER_SHAPE))} float32, step {STEPS // 2} of {STEPS}"]
+    lines += _step_table(report["solver_steps"])
     lines += ["", f"(b) DDIM-{STEPS} end to end, eta 0, tiny UNet2DModel (32, 64 channels), "
               f"x {'x'.join(map(str, E2E_SHAPE))} float32"]
     body = [[r["method"], _cell(r["median_ms"] / 1e3, ".3f") + _star(r),
@@ -276,6 +339,8 @@ def run(device=None, quick: bool = False, use_compile: bool = True) -> dict:
     report = {"machine": base["machine"], "device": str(device), "copy": base["copy"],
               "diffusers": diffusers.__version__, "quick": quick}
     report["steps"] = step_rows(device, budget, base["copy"]["gbps"], use_compile)
+    report["solver_steps"] = step_rows(device, budget, base["copy"]["gbps"], use_compile,
+                                       SOLVER_SHAPE, solver_methods)
     report["e2e"] = e2e_rows(device, E2E_BUDGET[quick])
     return report
 

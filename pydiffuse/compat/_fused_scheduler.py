@@ -21,7 +21,8 @@ class _Plan:
     pass whose result the main pass takes as its noise, or ``out_as_noise``, the model output in
     the noise slot (both: DDIM's unclipped eps); ``churn``, x^ = x + churn z before the main
     pass, which then runs on x^ without noise (Euler's s_churn); ``history``, the weights of the
-    previous steps' x0 added by one ``lincomb`` after the main pass (multistep solvers)."""
+    previous steps' x0 (multistep solvers): the first in the main pass's noise slot when it draws
+    no noise, the rest by one ``lincomb`` after it."""
 
     coefs: StepCoefs
     noisy: bool
@@ -126,10 +127,14 @@ class _FusedStep:
             noise = {"noise": sample_step(x, out, plan.first, **noise)}
         elif plan.out_as_noise:
             noise = {"noise": out}
+        hist = list(zip(plan.history, history))
+        if hist and not noise:  # the free noise slot takes the first history term: one pass
+            (w, d), hist = hist[0], hist[1:]
+            coefs, noise = dataclasses.replace(coefs, s=w), {"noise": d}
         prev, x0 = sample_step(x, out, coefs, clip=clip, learned_var=plan.learned_var,
                                return_x0=True, **noise)
-        if plan.history:
-            prev = lincomb([prev, *history[:len(plan.history)]], [1.0, *plan.history])
+        if hist:
+            prev = lincomb([prev, *(d for _, d in hist)], [1.0, *(w for w, _ in hist)])
         return prev, x0
 
     def _run(self, plan: _Plan, t: int, model_output, sample, generator, variance_noise,
