@@ -16,9 +16,9 @@ import torch
 
 from ..ops import lincomb
 from ..predictions import x0_coefs
-from ..schedules import exponential_sigmas, karras_sigmas
+from ..schedules import append_zero, exponential_sigmas, karras_sigmas
 from ._common import StepNoise, guided_pair, start
-from .edm import ancestral_step, at_sigmas, check_eta, start_grid
+from .edm import ancestral_step, at_sigmas, check_eta, check_sigmas, start_grid
 from .ode import output_terms
 from .registry import PROCESS_KINDS, register
 
@@ -39,11 +39,11 @@ def dpm_weights(order: int, sigma: float, target: float, levels) -> dict:
        x'  = x - (sigma - sigma') eps_0 - sigma' / r_2 (phi(h) - 1) (eps_2 - eps_0),
        phi(h) = expm1(h) / h;
 
-    for order 2 / 3 also "low", the embedded order 1 / 2 end (DPM-Solver-12 / 23).
+    "low", the embedded order 1 / 2 end of order 2 / 3 (DPM-Solver-12 / 23; order 1's own end).
     """
     full = sigma - target
     if order == 1:
-        return {"end": [-full]}
+        return {"end": [-full], "low": [-full]}
     h = math.log(sigma / target)
     r = [math.log(sigma / s) / h for s in levels]
     w = {"u1": [-(sigma - levels[0])]}
@@ -102,14 +102,16 @@ def _combine(den, c: dict, row: str, us, outs, n: int, z=None):
     return lincomb(terms, coefs)
 
 
-def dpm_step(run, x, c: dict, times, i: int, order: int, z=None, low: bool = False):
+def dpm_step(run, x, c: dict, times, i: int, order: int, z=None, low: bool = False,
+             first=None):
     """One DPM-Solver step of ``dpm_columns``' row c: the model at u_0 = x, u_1, ... (``order``
-    calls, model times ``times[k][i]``), each stage and the end one ``lincomb`` (the end with
-    z). Returns (end, the embedded lower-order end or None, (o_0, its uncond))."""
+    calls, model times ``times[k][i]``; ``first``: o_0 and its uncond when already known), each
+    stage and the end one ``lincomb`` (the end with z). Returns (end, the embedded lower-order
+    end or None, (o_0, its uncond))."""
     den, us, outs = run.den, [x], []
     for k in range(order):
-        outs.append(guided_pair(den, us[k], run.t(times[k], i), c[f"a{k}"], c[f"std{k}"],
-                                c[f"co{k}"]))
+        outs.append(first if k == 0 and first is not None else guided_pair(
+            den, us[k], run.t(times[k], i), c[f"a{k}"], c[f"std{k}"], c[f"co{k}"]))
         if k + 1 < order:
             us.append(_combine(den, c, f"u{k + 1}", us, outs, k + 1))
     end = _combine(den, c, "end", us, outs, order, z)
@@ -156,10 +158,10 @@ def _fast_levels(steps, sigma_min, sigma_max, rho):
 def _ancestral_target(sig, i: int, end: float, eta: float, s_noise: float):
     """k-diffusion's ancestral DPM-Solver step: the target max(sigma_down, sigma_end) and the VE
     noise sqrt(sigma'^2 - target^2) s_noise (none on the step to sigma = 0)."""
-    nxt = sig[i + 1]
+    now, nxt = (torch.tensor(float(v), dtype=torch.float64) for v in sig[i:i + 2])
     if not (eta > 0 and nxt > 0):
         return float(nxt), 0.0
-    down, _ = ancestral_step(sig[i], nxt, eta)
+    down, _ = ancestral_step(now, nxt, eta)
     target = max(float(down), end)
     return target, math.sqrt(max(float(nxt) ** 2 - target ** 2, 0.0)) * s_noise
 
@@ -222,3 +224,147 @@ def dpm_loop(run, x, plans: list, prediction: str, noise: StepNoise):
             run.report(i, run.t(times[0], i), x,
                        x0=lincomb([x_in, *terms], [c["cx0"], *coefs]))
     return x
+
+
+class PIDController:
+    """k-diffusion's PIDStepSizeController (Soderlind's PID step control): with the inverse
+    errors e_n = 1 / (error_n + eps) of the last accepted steps,
+    factor = 1 + atan(e_0^b1 e_1^b2 e_2^b3 - 1), b1 = (p + i + d) / k, b2 = -(p + 2d) / k,
+    b3 = d / k (k: the order), h <- h factor; accepted when factor >= accept_safety."""
+
+    def __init__(self, h, pcoeff, icoeff, dcoeff, order, accept_safety, eps=1e-8):
+        self.h, self.accept_safety, self.eps = h, accept_safety, eps
+        self.b = ((pcoeff + icoeff + dcoeff) / order, -(pcoeff + 2 * dcoeff) / order,
+                  dcoeff / order)
+        self.errs = []
+
+    def propose(self, error: float) -> bool:
+        inv = 1 / (error + self.eps)
+        self.errs = [inv, *self.errs[1:]] if self.errs else [inv] * 3
+        factor = 1 + math.atan(math.prod(e ** b for e, b in zip(self.errs, self.b)) - 1)
+        accept = factor >= self.accept_safety
+        if accept:
+            self.errs = [self.errs[0], self.errs[0], self.errs[1]]
+        self.h *= factor
+        return accept
+
+
+def _adaptive_range(process, steps, sigma_min, sigma_max, rho, sigmas):
+    """(sigma_max, sigma_min) of an adaptive run: the options, the process's range, or the
+    first and last positive levels of sigmas = [sigma_max, sigma_min, 0]."""
+    if steps is not None or rho is not None:
+        raise ValueError("dpm_adaptive chooses its own steps (rtol, atol set their number): "
+                         "give no steps or rho")
+    if sigmas is not None:
+        if sigma_min is not None or sigma_max is not None:
+            raise ValueError("give sigmas= or sigma_min / sigma_max, not both")
+        grid = check_sigmas(sigmas)
+        if len(grid) > 3:
+            raise ValueError("dpm_adaptive chooses its own steps: sigmas= may give only its "
+                             f"range [sigma_max, sigma_min, 0], got {len(grid)} levels")
+        return float(grid[0]), float(grid[-2])
+    hi = max(process.sigma_range) if sigma_max is None else float(sigma_max)
+    lo = min(process.sigma_range) if sigma_min is None else float(sigma_min)
+    if not 0 < lo < hi:
+        raise ValueError(f"need 0 < sigma_min < sigma_max, got {lo}, {hi}")
+    return hi, lo
+
+
+def _level(process, sigma: float, below: float):
+    """The level the process sees nearest sigma (``at_sigmas``), strictly below ``below``: on
+    a discrete schedule the next index down when sigma rounds back to it. (t, sigma, a)."""
+    t, sig, a = (float(v) for v in at_sigmas(process, torch.tensor([sigma],
+                                                                   dtype=torch.float64)))
+    if sig < below:
+        return t, sig, a
+    lower = process.sigmas[process.sigmas < below * (1 - 1e-12)]
+    if not len(lower):
+        raise ValueError(f"no level of {process!r} below sigma = {below}")
+    return tuple(float(v) for v in at_sigmas(process, lower.max().reshape(1)))
+
+
+@register("dpm_adaptive", title="DPM-Solver-12 / 23, adaptive",
+          paper="Lu et al. 2022 (DPM-Solver); k-diffusion", processes=PROCESS_KINDS,
+          stochastic="eta > 0", order=3, nfe_per_step="order (+ rejected steps)",
+          sigma_view=True, adaptive=True, quick={"rtol": 0.2})
+def sample_dpm_adaptive(model, x, process, *, steps=None, sigma_min=None, sigma_max=None,
+                        rho=None, sigmas=None, order: int = 3, rtol: float = 0.05,
+                        atol: float = 0.0078, h_init: float = 0.05, pcoeff: float = 0.0,
+                        icoeff: float = 1.0, dcoeff: float = 0.0, accept_safety: float = 0.81,
+                        eta: float = 0.0, s_noise: float = 1.0, noise_sampler=None,
+                        max_steps: int = 1000, prediction: str = "eps", seed=None,
+                        callback=None, progress=False):
+    """Adaptive DPM-Solver-12 / 23 (Lu et al. 2022, "DPM-Solver", section 3.4 and appendix C;
+    k-diffusion's sample_dpm_adaptive): from sigma_max to sigma_min in t = -log sigma, each step
+    of size h taken by DPM-Solver-``order`` and its embedded order - 1 solution x_low
+    (``dpm_weights``) from one set of model calls, with
+
+    error = |(x_low - x) / max(atol, rtol max(|x_low|, |x_low of the last accepted step|))|_2
+            / sqrt(numel)   (VE coordinates, the whole batch),
+
+    h set by ``PIDController`` (its order 1.5 with eta > 0), a step accepted when the controller
+    accepts it (the model output at x is kept for the retry); then the step to sigma = 0,
+    x = D(x, sigma_min). With eta > 0 as ``sample_dpm_fast``. Each attempt reads the error on
+    the host (no CUDA graph). A discrete schedule rounds each level to its nearest step.
+
+    Args:
+        model, x, process, prediction, seed, callback, progress: as ``sample_euler``.
+        sigma_min, sigma_max: the range (default the process's); sigmas: [sigma_max,
+            sigma_min, 0] instead; steps, rho: refused (the controller picks the steps).
+        order: 2 (DPM-Solver-12) or 3 (DPM-Solver-23); rtol, atol, h_init, pcoeff, icoeff,
+            dcoeff, accept_safety: the controller's (k-diffusion's defaults).
+        eta, s_noise, noise_sampler: as ``sample_dpm_fast``.
+        max_steps: the most attempts (accepted or not) before a RuntimeError.
+
+    Returns:
+        x_0 [B, ...].
+    """
+    if order not in (2, 3) or isinstance(order, bool):
+        raise ValueError(f"order must be 2 or 3 (dpm_adaptive's embedded pairs), got {order!r}")
+    if not (rtol >= 0 and atol >= 0 and rtol + atol > 0 and h_init > 0
+            and 0 < accept_safety and all(map(math.isfinite, (rtol, atol, h_init)))):
+        raise ValueError(f"need rtol, atol >= 0 (not both 0), h_init > 0, accept_safety > 0; "
+                         f"got rtol={rtol}, atol={atol}, h_init={h_init}, "
+                         f"accept_safety={accept_safety}")
+    check_eta(eta, s_noise)
+    run = start("dpm_adaptive", model, x, process, prediction=prediction, seed=seed,
+                noise=eta > 0 and s_noise > 0 and noise_sampler is None, callback=callback,
+                progress=progress)
+    hi, lo = _adaptive_range(run.process, steps, sigma_min, sigma_max, rho, sigmas)
+    levels = torch.tensor([hi, lo], dtype=torch.float64)
+    times, sig, a, x = start_grid(run, x, None, None, None, None, append_zero(levels))
+    pid = PIDController(h_init, pcoeff, icoeff, dcoeff, 1.5 if eta else order, accept_safety)
+    t_now, s_now, a_now, end = float(times[0]), float(sig[0]), float(a[0]), float(sig[-2])
+    prev, first, i = lincomb([x], [1 / a_now]), None, 0
+    for _ in run.steps(max_steps, "dpm_adaptive"):
+        if s_now <= end * (1 + 1e-9):
+            break
+        t_next, s_next, a_next = _level(run.process, max(end, s_now * math.exp(-pid.h)), s_now)
+        target, z_scale = _ancestral_target([s_now, s_next], 0, end, eta, s_noise)
+        plan = dpm_plan(run.process, s_now, target, order, t_now, a_now, a_next)
+        c = run.table(dpm_columns(prediction, [plan])).row(0)
+        stage_times = [run.times([tk]) for tk in plan["times"]]
+        high, low, first = dpm_step(run, x, c, stage_times, 0, plan["order"], low=True,
+                                    first=first)
+        low_ve, high_ve = lincomb([low], [1 / a_next]), lincomb([high], [1 / a_next])
+        delta = torch.maximum(torch.tensor(atol), rtol * torch.maximum(low_ve.abs(),
+                                                                        prev.abs()))
+        error = float(torch.linalg.norm((low_ve - high_ve) / delta)) / low_ve.numel() ** 0.5
+        if not pid.propose(error):
+            continue
+        draw = StepNoise(run, noise_sampler, [(s_now, s_next)]).tensor(0, 0, x) \
+            if z_scale > 0 else None
+        x0 = None
+        if run.callback is not None:
+            terms, coefs = output_terms(run.den, *first, c["co0"])
+            x0 = lincomb([x, *terms], [c["cx0"], *coefs])
+        x = high if draw is None else lincomb([high, draw], [1.0, a_next * z_scale])
+        run.report(i, stage_times[0][0], x, x0=x0)
+        prev, first, i = low_ve, None, i + 1
+        t_now, s_now, a_now = t_next, s_next, a_next
+    else:
+        raise RuntimeError(f"dpm_adaptive did not reach sigma_min = {end} within max_steps="
+                           f"{max_steps} attempts; raise max_steps or loosen rtol/atol")
+    final = dpm_plan(run.process, s_now, 0.0, 1, t_now, a_now, 1.0)
+    c = run.table(dpm_columns(prediction, [final])).row(0)
+    return dpm_step(run, x, c, [run.times([t_now])] * 3, 0, 1, first=first)[0]

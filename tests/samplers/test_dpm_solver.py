@@ -74,7 +74,35 @@ def test_dpm_fast_same_samples_as_k_diffusion(setup, steps, eta):
                                    torch.tensor(kd_noise.calls[:-1]), rtol=1e-6, atol=0)
 
 
-STEPS = {"dpm_fast": 30}
+@pytest.mark.parametrize("setup,tol", [(ladder_net, 1e-5), (vp_mixture, 5e-3)])
+@pytest.mark.parametrize("order,rtol,eta", [(3, 0.05, 0.0), (2, 0.05, 0.0), (3, 0.01, 0.0),
+                                            (3, 0.05, 1.0)])
+def test_dpm_adaptive_same_samples_as_k_diffusion(setup, tol, order, rtol, eta):
+    """The same steps (accepted and rejected) and samples. On the mixture k-diffusion's first
+    error estimates (~1e-6) are its float32 rounding, and the controller's steps then differ
+    from pydiffuse's at 1e-4 (as the same run in float32 and float64 do): a looser tolerance."""
+    process, model, denoiser, prediction, dim = setup()
+    hi = max(process.sigma_range)
+    z = torch.randn(32, dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ours_noise, kd_noise, accepted = Noise((32, dim)), Noise((32, dim)), []
+    with backend("reference"):
+        ours = SAMPLERS["dpm_adaptive"](model, z * process.prior_std, process,
+                                        sigma_min=SIGMA_MIN, sigma_max=hi, order=order,
+                                        rtol=rtol, eta=eta, noise_sampler=ours_noise,
+                                        prediction=prediction, callback=accepted.append)
+    theirs, info = K.sample_dpm_adaptive(denoiser, z * hi, SIGMA_MIN, hi, disable=True,
+                                         order=order, rtol=rtol, eta=eta, return_info=True,
+                                         noise_sampler=lambda s, t: kd_noise(s, t).double())
+    theirs = denoiser(theirs, torch.full((len(z),), SIGMA_MIN, dtype=torch.float64))
+    torch.testing.assert_close(ours, theirs, rtol=tol, atol=tol)
+    assert len(accepted) == info["n_accept"] > 5
+    if eta:     # k-diffusion draws on every step, times sigma_up = 0 on its last
+        assert len(ours_noise.calls) == len(kd_noise.calls) - 1
+        torch.testing.assert_close(torch.tensor(ours_noise.calls),
+                                   torch.tensor(kd_noise.calls[:-1]), rtol=tol, atol=0)
+
+
+STEPS = {"dpm_fast": {"steps": 30}, "dpm_adaptive": {}}
 
 
 @pytest.mark.parametrize("name", STEPS)
@@ -83,13 +111,13 @@ STEPS = {"dpm_fast": 30}
     ("ladder", "2d", "eps", 0.0)])
 def test_samples_mixture(name, process_name, mixture_name, prediction, eta):
     assert mixture_distance(SAMPLERS[name], PROCESSES[process_name](), mixture_name, prediction,
-                            steps=STEPS[name], eta=eta, seed=7) < THRESHOLD
+                            eta=eta, seed=7, **STEPS[name]) < THRESHOLD
 
 
 @pytest.mark.parametrize("name", STEPS)
 @pytest.mark.parametrize("kwargs", [{"scale": 1.25}, {"eta": 1.0, "s_noise": 1.6}])
 def test_wrong_model_or_noise_fails(name, kwargs):
-    assert mixture_distance(SAMPLERS[name], PROCESSES["vp"](), steps=STEPS[name], seed=7,
+    assert mixture_distance(SAMPLERS[name], PROCESSES["vp"](), seed=7, **STEPS[name],
                             **kwargs) > THRESHOLD
 
 
@@ -104,12 +132,32 @@ def test_dpm_fast_explicit_grid():
     torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", STEPS)
-@pytest.mark.parametrize("kwargs,match", [
-    ({"eta": -1.0}, "eta"), ({"s_noise": -1.0}, "s_noise"), ({"steps": 0}, "steps"),
-    ({"sigmas": torch.tensor([3.0, 1.0, 2.0, 0.0])}, "decreasing"),
-    ({"sigmas": torch.tensor([3.0, 1.0, 0.0]), "steps": 5}, "not both")])
+@pytest.mark.parametrize("name,kwargs,match", [
+    *((name, kwargs, match) for name in STEPS for kwargs, match in [
+        ({"eta": -1.0}, "eta"), ({"s_noise": -1.0}, "s_noise"),
+        ({"sigmas": torch.tensor([3.0, 1.0, 2.0, 0.0])}, "decreasing"),
+        ({"sigmas": torch.tensor([3.0, 1.0, 0.5])}, "end in 0")]),
+    ("dpm_fast", {"steps": 0}, "steps"),
+    ("dpm_fast", {"sigmas": torch.tensor([3.0, 1.0, 0.0]), "steps": 5}, "not both"),
+    ("dpm_adaptive", {"steps": 5}, "own steps"), ("dpm_adaptive", {"rho": 7.0}, "own steps"),
+    ("dpm_adaptive", {"sigmas": torch.tensor([3.0, 2.0, 1.0, 0.0])}, "only its range"),
+    ("dpm_adaptive", {"sigmas": torch.tensor([3.0, 1.0, 0.0]), "sigma_min": 0.5}, "not both"),
+    ("dpm_adaptive", {"sigma_min": 2.0, "sigma_max": 1.0}, "sigma_min < sigma_max"),
+    ("dpm_adaptive", {"order": 1}, "order"), ("dpm_adaptive", {"order": 4}, "order"),
+    ("dpm_adaptive", {"rtol": -0.1}, "rtol"), ("dpm_adaptive", {"h_init": 0.0}, "h_init")])
 def test_bad_input(name, kwargs, match):
     process = PROCESSES["ve"]()
     with pytest.raises(ValueError, match=match):
         SAMPLERS[name](mixture_2d(process), torch.zeros(4, 2), process, **kwargs)
+
+
+def test_dpm_adaptive_range_and_max_steps():
+    """sigmas=[sigma_max, sigma_min, 0] is the range's options; too few attempts raise."""
+    process = PROCESSES["ladder"]()
+    mix, x = mixture_2d(process, "eps"), torch.randn(8, 2) * process.prior_std
+    torch.testing.assert_close(
+        SAMPLERS["dpm_adaptive"](mix, x, process, sigmas=torch.tensor([20.0, 0.05, 0.0])),
+        SAMPLERS["dpm_adaptive"](mix, x, process, sigma_max=20.0, sigma_min=0.05),
+        rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="max_steps"):
+        SAMPLERS["dpm_adaptive"](mix, x, process, max_steps=3)
