@@ -9,7 +9,8 @@ the function, its paper, processes, order, ...) the registry every caller reads.
 - ode: the probability-flow ODE (Euler, Heun, adaptive RK45)
 - euler, heun, dpm_2: EDM's samplers with churn (Karras et al. 2022); dpmpp_2m: DPM-Solver++(2M)
 - ancestral: euler_ancestral, dpm_2_ancestral, dpmpp_2s_ancestral, dpmpp_sde (k-diffusion's)
-- multistep: lms, dpmpp_2m_sde, dpmpp_3m_sde (k-diffusion's)
+- dpm_solver: dpm_fast, dpm_adaptive (DPM-Solver-1/2/3 steps, k-diffusion's step choices)
+- multistep: lms, dpmpp_2m_sde, dpmpp_3m_sde (k-diffusion's); unipc (UniPC-bh2), deis (DEIS tAB)
 - sgld: stochastic gradient Langevin dynamics for Bayesian posteriors (Welling & Teh 2011)
 
 ``sample_to_npz`` draws n samples split over the ranks of a ``torchrun`` run into one ``.npz``.

@@ -50,11 +50,13 @@ def at_sigmas(process, sigmas):
     return times, std / a, a
 
 
-def edm_sigmas(process, steps=None, sigma_min=None, sigma_max=None, rho=None, sigmas=None):
+def edm_sigmas(process, steps=None, sigma_min=None, sigma_max=None, rho=None, sigmas=None,
+               spacing=None):
     """The noise levels a sigma-view run steps through, host float64.
 
     sigma_i = karras_sigmas(steps, sigma_min, sigma_max, rho) (Karras et al. eq. 5; default 50
-    steps, rho 7, range ``process.sigma_range``), or the explicit grid ``sigmas`` (ending in 0,
+    steps, rho 7, range ``process.sigma_range``), or ``spacing(steps, sigma_min, sigma_max, rho)``
+    (rho as given, None by default) instead, or the explicit grid ``sigmas`` (ending in 0,
     ``check_sigmas``); then ``at_sigmas``. A discrete schedule quantizes t_i to the nearest step
     index, and steps quantized to the same index are merged (fewer steps). sigma_n = 0 with
     a_n = 1 (the data) is appended.
@@ -69,7 +71,7 @@ def edm_sigmas(process, steps=None, sigma_min=None, sigma_max=None, rho=None, si
             raise ValueError(f"give sigmas= or the Karras grid's {', '.join(given)}, not both")
         levels = check_sigmas(sigmas)[:-1]
     else:
-        steps = 50 if steps is None else steps
+        steps, given_rho = 50 if steps is None else steps, rho
         rho = 7.0 if rho is None else rho
         if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
             raise ValueError(f"steps must be an int >= 1, got {steps!r}")
@@ -79,7 +81,8 @@ def edm_sigmas(process, steps=None, sigma_min=None, sigma_max=None, rho=None, si
             raise ValueError(f"need 0 < sigma_min <= sigma_max, got {lo}, {hi}")
         if not rho > 0:
             raise ValueError(f"rho must be > 0, got {rho}")
-        levels = karras_sigmas(int(steps), lo, hi, rho)
+        levels = (karras_sigmas(int(steps), lo, hi, rho) if spacing is None
+                  else spacing(int(steps), lo, hi, given_rho))
     times = process.sigma_to_time(levels)
     if process.kind == "discrete":
         times = torch.unique_consecutive(times)
@@ -115,11 +118,11 @@ def edm_columns(prediction: str, sigma, a, sigma_next, a_next) -> dict:
             "std": a * sigma}
 
 
-def start_grid(run, x, steps, sigma_min, sigma_max, rho, sigmas=None):
+def start_grid(run, x, steps, sigma_min, sigma_max, rho, sigmas=None, spacing=None):
     """The grid (``edm_sigmas``), and x_T rescaled as pure noise to the grid's first level: x *
     a_0 sigma_0 / prior_std (exact when sigma_0 is the prior's; an approximation, of order
     data scale / sigma_0, when sigma_max is overridden)."""
-    times, sig, a = edm_sigmas(run.process, steps, sigma_min, sigma_max, rho, sigmas)
+    times, sig, a = edm_sigmas(run.process, steps, sigma_min, sigma_max, rho, sigmas, spacing)
     factor = float(a[0] * sig[0]) / run.process.prior_std
     return times, sig, a, x if math.isclose(factor, 1, rel_tol=1e-9) else lincomb([x], [factor])
 

@@ -80,7 +80,9 @@ def test_entries_call_their_function_and_read_its_signature():
     assert ddim.defaults["steps"] == 50 and ddim.defaults["eta"] == 0.0
     assert SAMPLERS["ode"].is_adaptive({}) and SAMPLERS["ode"].is_adaptive({"method": "rk45"})
     assert not SAMPLERS["ode"].is_adaptive({"method": "heun"})
-    assert not any(SAMPLERS[n].is_adaptive({}) for n in SAMPLERS if n != "ode")
+    assert SAMPLERS["dpm_adaptive"].is_adaptive({})
+    assert not any(SAMPLERS[n].is_adaptive({}) for n in SAMPLERS
+               if n not in ("ode", "dpm_adaptive"))
 
 
 def test_cuda_graph_refuses_an_adaptive_run():
