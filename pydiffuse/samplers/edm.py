@@ -14,7 +14,7 @@ import torch
 from ..ops import lincomb
 from ..predictions import x0_coefs
 from ..schedules import karras_sigmas
-from ._common import guided_pair, start
+from ._common import guided_pair, model_marginal, start
 from .ode import euler_heun_loop, output_terms
 from .registry import PROCESS_KINDS, register
 
@@ -24,7 +24,8 @@ def edm_sigmas(process, steps: int, sigma_min=None, sigma_max=None, rho: float =
 
     sigma_i = karras_sigmas(steps, sigma_min, sigma_max, rho) (Karras et al. eq. 5; default range
     ``process.sigma_range``), the model time t_i = ``process.sigma_to_time(sigma_i)``, then sigma_i
-    and a_i recomputed from ``process.marginal(t_i)`` so they agree with the time the model sees.
+    and a_i recomputed from the marginal at t_i (``model_marginal``) so they agree with the time
+    the model sees.
     A discrete schedule quantizes t_i to the nearest step index, and steps quantized to the same
     index are merged (fewer than ``steps`` steps). sigma_n = 0 with a_n = 1 (the data) is appended.
 
@@ -42,7 +43,7 @@ def edm_sigmas(process, steps: int, sigma_min=None, sigma_max=None, rho: float =
     times = process.sigma_to_time(karras_sigmas(int(steps), lo, hi, rho))
     if process.kind == "discrete":
         times = torch.unique_consecutive(times)
-    a, std = process.marginal(times)
+    a, std = model_marginal(process, times)
     zero = torch.zeros(1, dtype=torch.float64)
     return times, torch.cat([std / a, zero]), torch.cat([a, zero + 1])
 
@@ -84,7 +85,7 @@ def _edm_loop(run, heun, x, steps, sigma_min, sigma_max, rho, churn, s_tmin, s_t
     inside = (sig[:-1] >= s_tmin) & (sig[:-1] <= s_tmax)
     gamma = torch.where(inside, min(churn / n, math.sqrt(2) - 1), 0.0)
     t_hat = torch.where(gamma > 0, process.sigma_to_time(sig[:-1] * (1 + gamma)), times)
-    a_hat, std_hat = process.marginal(t_hat)
+    a_hat, std_hat = model_marginal(process, t_hat)
     s_hat = std_hat / a_hat
     cols = edm_columns(prediction, s_hat, a_hat, sig[1:], a[1:])
     cols["pre_mx"] = a_hat / a[:-1]

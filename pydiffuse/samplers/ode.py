@@ -8,7 +8,7 @@ import torch
 from ..ode_solvers import DP_A, DP_C, DP_E, controlled_step, initial_step_from_norms
 from ..ops import StepCoefs, lincomb, sample_step
 from ..predictions import x0_coefs
-from ._common import StepTable, guided_pair, start
+from ._common import StepTable, guided_pair, model_marginal, start
 from .registry import register
 
 METHODS = ("euler", "heun", "rk45")
@@ -17,10 +17,11 @@ def drift_coefs(process, prediction: str, t) -> dict:
     """The probability-flow drift at times t as ``sample_step`` coefficients, host float64 [n]:
 
     dx/dt = f x - g^2 s / 2,  s = (a x0 - x) / sigma^2   =>   dx/dt = mx x + m0 x0,
-    mx = f + g^2 / (2 sigma^2),  m0 = -g^2 a / (2 sigma^2),  x0 = cx x + co out;
-    also (a, std) of the marginal for classifier guidance.
+    mx = f + g^2 / (2 sigma^2),  m0 = -g^2 a / (2 sigma^2),  x0 = cx x + co out, (a, sigma) the
+    ``model_marginal`` (a ``DiscreteVPSDE``'s chain: s = -eps / sigma_chain, as score_sde);
+    also (a, std) for classifier guidance.
     """
-    a, std = process.marginal(t)
+    a, std = model_marginal(process, t)
     half_g2 = 0.5 * process.diffusion(t) ** 2 / std ** 2
     cx, co = x0_coefs(prediction, a, std)
     return {"cx": cx, "co": co, "mx": process.drift_coef(t) + half_g2, "m0": -half_g2 * a,
@@ -101,10 +102,10 @@ def _device_columns(columns: dict, device) -> dict:
     return dict(zip(table.names, table.data.unbind(1)))
 
 
-def _drift(den, y, c: dict, stage):
+def _drift(den, process, y, c: dict, stage):
     """dy/dt = mx y + m0 x0 at the stage's per-sample times (one sample_step)."""
-    out, uncond = guided_pair(den, y, c[stage, "t"], c[stage, "a"], c[stage, "std"],
-                              c[stage, "co"])
+    t = process.model_time(c[stage, "t"])
+    out, uncond = guided_pair(den, y, t, c[stage, "a"], c[stage, "std"], c[stage, "co"])
     return sample_step(y, out, StepCoefs(cx=c[stage, "cx"], co=c[stage, "co"],
                                          mx=c[stage, "mx"], m0=c[stage, "m0"]),
                        **den.fused_cfg(uncond))
@@ -127,7 +128,7 @@ def _initial_step(den, x, k1, process, prediction, t, span, rtol, atol):
     d = torch.stack([_rms(x, scale), _rms(k1, scale)]).double().cpu()
     h0 = torch.where((d < 1e-5).any(0), 1e-6, 0.01 * d[0] / d[1]).minimum(span)
     c = _device_columns({**_stage_columns(process, prediction, [t - h0]), "h": -h0}, x.device)
-    k2 = _drift(den, lincomb([x, k1], [1.0, c["h"]]), c, 0)
+    k2 = _drift(den, process, lincomb([x, k1], [1.0, c["h"]]), c, 0)
     d2 = _rms(lincomb([k2, k1], [1.0, -1.0]), scale).double().cpu() / h0
     return initial_step_from_norms(h0, d[1], d2, span)
 
@@ -140,7 +141,8 @@ def _rk45(run, x, prediction, eps, rtol, atol, max_steps, stats):
     den, process = run.den, run.process
     batch, shape = len(x), (-1,) + (1,) * (x.ndim - 1)
     t = torch.full((batch,), float(process.T), dtype=torch.float64)
-    k1 = _drift(den, x, _device_columns(_stage_columns(process, prediction, [t]), x.device), 0)
+    k1 = _drift(den, process, x,
+                _device_columns(_stage_columns(process, prediction, [t]), x.device), 0)
     h = -_initial_step(den, x, k1, process, prediction, t, t - eps, rtol, atol)
     accepted = torch.zeros(batch, dtype=torch.long)
     rejected = torch.zeros(batch, dtype=torch.long)
@@ -157,7 +159,7 @@ def _rk45(run, x, prediction, eps, rtol, atol, max_steps, stats):
         ks = [k1]
         for s in range(1, len(DP_C)):
             y = lincomb([x, *ks], [1.0, *(c["a", s, j] for j in range(s))])
-            ks.append(_drift(den, y, c, s))
+            ks.append(_drift(den, process, y, c, s))
         err = lincomb(ks, [c["e", j] for j in range(len(DP_E))])
         norm = _rms(err, atol + rtol * torch.maximum(x.float().abs(), y.float().abs()))
         ok = (norm <= 1).reshape(shape)
