@@ -9,6 +9,7 @@ from ..ode_solvers import DP_A, DP_C, DP_E, controlled_step, initial_step_from_n
 from ..ops import StepCoefs, lincomb, sample_step
 from ..predictions import x0_coefs
 from ._common import StepTable, guided_pair, model_marginal, start
+from .pc import predictor_columns
 from .registry import register
 
 METHODS = ("euler", "heun", "rk45")
@@ -179,12 +180,25 @@ def _rk45(run, x, prediction, eps, rtol, atol, max_steps, stats):
     return x
 
 
+def _denoise(run, x, prediction, eps):
+    """score_sde's ``denoise_update_fn``, the end of its ODE sampler: the reverse-diffusion
+    predictor's mean at t = eps, x <- x - f_eps x + G_eps^2 s(x, eps) ((f, G) of
+    ``discretize_coefs``; a Tweedie step from eps to 0), one ``sample_step``."""
+    t = torch.tensor([eps], dtype=torch.float64)
+    a, std = model_marginal(run.process, t)
+    cols = predictor_columns(run.process, "reverse_diffusion", t, prediction)
+    c = run.table(dict(cols, a=a, std=std)).row(0)
+    out, uncond = guided_pair(run.den, x, run.t(run.times(t), 0), c["a"], c["std"], c["co"])
+    return sample_step(x, out, StepCoefs(cx=c["cx"], co=c["co"], mx=c["mx"], m0=c["m0"]),
+                       **run.den.fused_cfg(uncond))
+
+
 @register("ode", title="probability-flow ODE", paper="Song et al. 2021", processes=("sde",),
           stochastic=False, order=5, nfe_per_step=6, adaptive={"method": "rk45"},
           quick={"method": "heun", "steps": 3})
 def sample_ode(model, x, process, *, method: str = "rk45", steps=None, rtol: float = 1e-5,
-               atol: float = 1e-5, eps=None, max_steps: int = 10000, prediction: str = "eps",
-               seed=None, callback=None, progress=False, stats=None):
+               atol: float = 1e-5, eps=None, max_steps: int = 10000, denoise: bool = True,
+               prediction: str = "eps", seed=None, callback=None, progress=False, stats=None):
     """Solve the probability-flow ODE dx/dt = f(t) x - g(t)^2 s(x, t) / 2 from t = 1 to eps
     (Song et al. 2021, eq. 13 and appendix D.3), the drift as one ``sample_step``:
     dx/dt = (f + g^2 / (2 sigma^2)) x - g^2 a / (2 sigma^2) x0, x0 the model's prediction.
@@ -200,6 +214,8 @@ def sample_ode(model, x, process, *, method: str = "rk45", steps=None, rtol: flo
       and a finished sample idles (h = 0) while the others go on. The step-size control runs on
       the host in float64: one device-to-host copy of the [B] error norms per step (the loop's
       only sync) and one upload of the step's coefficients. The fixed-step methods never sync.
+    - ``denoise`` (score_sde's default): then one denoising step at eps, the reverse-diffusion
+      predictor's mean x <- x - f_eps x + G_eps^2 s(x, eps) (``_denoise``; one model call).
 
     Args:
         model: ``model(x, t)`` with t the [B] float32 times in [eps, 1], or a ``Denoiser``.
@@ -207,6 +223,7 @@ def sample_ode(model, x, process, *, method: str = "rk45", steps=None, rtol: flo
         method: "euler", "heun" or "rk45"; steps: fixed-step methods only.
         rtol, atol: rk45's tolerances (scipy's meaning); max_steps: rk45's attempted steps.
         eps: the final time (default ``process.sampling_eps``).
+        denoise: end with the denoising step (True, score_sde's default) or return x_eps.
         seed: unused (the ODE is deterministic; accepted for ``pydiffuse.sample``).
         callback: callback({"i", "t", "x"} (+ "x0" for euler/heun)) after each step
             (rk45: t is the host float64 [B] of the samples' times).
@@ -214,7 +231,7 @@ def sample_ode(model, x, process, *, method: str = "rk45", steps=None, rtol: flo
             per sample on the host; fixed-step: ints).
 
     Returns:
-        x_eps [B, ...].
+        x_0 [B, ...] (x_eps without ``denoise``).
     """
     run = start("ode", model, x, process, prediction=prediction, noise=False, callback=callback,
                 progress=progress, hint="; for a discrete schedule or a noise ladder use sampler "
@@ -243,6 +260,8 @@ def sample_ode(model, x, process, *, method: str = "rk45", steps=None, rtol: flo
         x = _fixed_step(run, x, prediction, method, int(steps), float(eps))
         if stats is not None:
             stats.update(steps=int(steps), rejected=0)
+    if denoise:
+        x = _denoise(run, x, prediction, float(eps))
     if stats is not None:
         stats["nfe"] = run.den.nfe - nfe0
     return x
