@@ -18,12 +18,17 @@ from ._common import guided_pair, model_marginal, start
 from .ode import euler_heun_loop, output_terms
 from .registry import PROCESS_KINDS, register
 
+EDM_SIGMA_RANGE = (0.002, 80.0)       # NVlabs/edm generate.py's sigma_min, sigma_max defaults
+
 
 def edm_sigmas(process, steps: int, sigma_min=None, sigma_max=None, rho: float = 7.0):
     """The noise levels an EDM run steps through, host float64.
 
     sigma_i = karras_sigmas(steps, sigma_min, sigma_max, rho) (Karras et al. eq. 5; default range
-    ``process.sigma_range``), the model time t_i = ``process.sigma_to_time(sigma_i)``, then sigma_i
+    NVlabs/edm's [max(0.002, model min), min(80, model max)] of ``process.sigma_range``,
+    ``EDM_SIGMA_RANGE``: sigma > 80 carries no information for data in [-1, 1] and a grid up to
+    the cosine chain's 20291 wastes most of a short run; explicit values are taken as given),
+    the model time t_i = ``process.sigma_to_time(sigma_i)``, then sigma_i
     and a_i recomputed from the marginal at t_i (``model_marginal``) so they agree with the time
     the model sees.
     A discrete schedule quantizes t_i to the nearest step index, and steps quantized to the same
@@ -34,8 +39,10 @@ def edm_sigmas(process, steps: int, sigma_min=None, sigma_max=None, rho: float =
     """
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-    lo = min(process.sigma_range) if sigma_min is None else float(sigma_min)
-    hi = max(process.sigma_range) if sigma_max is None else float(sigma_max)
+    lo = max(EDM_SIGMA_RANGE[0], min(process.sigma_range)) if sigma_min is None \
+        else float(sigma_min)
+    hi = min(EDM_SIGMA_RANGE[1], max(process.sigma_range)) if sigma_max is None \
+        else float(sigma_max)
     if not 0 < lo <= hi:
         raise ValueError(f"need 0 < sigma_min <= sigma_max, got {lo}, {hi}")
     if not rho > 0:
@@ -127,7 +134,8 @@ def sample_euler(model, x, process, *, steps: int = 50, sigma_min=None, sigma_ma
             ``Denoiser``.
         x: x_T [B, ...] at the prior (prior_std * z); process: any (discrete, SDE, noise ladder).
         steps: grid size N (model calls; a discrete schedule may merge a few).
-        sigma_min, sigma_max, rho: the Karras grid (default: the process's ``sigma_range``).
+        sigma_min, sigma_max, rho: the Karras grid (default: the process's ``sigma_range``
+            clamped to NVlabs/edm's [0.002, 80]).
         churn, s_tmin, s_tmax, s_noise: S_churn, S_tmin, S_tmax, S_noise of Algorithm 2.
         seed: the noise stream's seed (churn only).
         callback: callback({"i", "t", "x", "x0"}) after each step.
