@@ -202,7 +202,7 @@ def likelihood_data(name: str, split: str, n: int):
         raise ValueError(f"--n must be >= 1, got {n}")
     x = tensors[0][:n]
     y = tensors[1][:n] if len(tensors) > 1 else None
-    return x, y, 17 if name == "digits" else 256
+    return x, y, data.DIGITS_LEVELS if name == "digits" else 256
 
 
 def cmd_likelihood(args) -> int:
