@@ -202,7 +202,7 @@ def likelihood_data(name: str, split: str, n: int):
         raise ValueError(f"--n must be >= 1, got {n}")
     x = tensors[0][:n]
     y = tensors[1][:n] if len(tensors) > 1 else None
-    return x, y, 17 if name == "digits" else 256
+    return x, y, data.DIGITS_LEVELS if name == "digits" else 256
 
 
 def cmd_likelihood(args) -> int:
@@ -210,8 +210,7 @@ def cmd_likelihood(args) -> int:
 
     import torch
 
-    from pydiffuse import likelihood, loading, lsgm, pipeline
-    from pydiffuse.sde import VPSDE
+    from pydiffuse import likelihood, loading, lsgm
 
     at_least(args, {"n": 1, "batch_size": 1, "steps": 1, "bins": 2})
     check_seed(args.seed)
@@ -251,12 +250,9 @@ def cmd_likelihood(args) -> int:
         r = likelihood.vlb(pipe.model, pipe.process, x, variance=args.variance,
                            steps=args.steps, **common)
     else:
-        model, sde = pipe.model, pipe.process
-        if sde.kind == "discrete":        # as Pipeline.sample runs "ode" on a DDPM schedule
-            model, sde = pipeline.IndexTime(model, len(sde)), VPSDE.from_discrete(sde)
-        r = likelihood.ode_nll(model, sde, x, divergence=args.divergence, probe=args.probe,
-                               rtol=args.rtol, atol=args.atol, eps=args.eps, dequantize=True,
-                               **common)
+        r = likelihood.ode_nll(pipe.model, pipe.process, x, divergence=args.divergence,
+                               probe=args.probe, rtol=args.rtol, atol=args.atol, eps=args.eps,
+                               dequantize=True, **common)
     seconds = time.perf_counter() - start
     bpd = (r["bpd"] if is_lsgm else r.bpd).double()
     se = bpd.std().item() / math.sqrt(len(bpd)) if len(bpd) > 1 else float("nan")

@@ -87,7 +87,11 @@ def build_model(config: dict):
 
 
 def build_objective(config: dict, process):
+    """The objective; a VLB objective ("hybrid", "vlb") gets the data's ``bins`` (the digits'
+    17 levels, else 8-bit's 256) unless the section sets them."""
     (cls, takes_process), kwargs = _typed(config["objective"], "objective", OBJECTIVES)
+    if cls in (training.HybridLoss, training.VLBLoss) and "bins" not in kwargs:
+        kwargs["bins"] = data.DIGITS_LEVELS if config["data"].get("type") == "digits" else 256
     return cls(process, **kwargs) if takes_process else cls(**kwargs)
 
 

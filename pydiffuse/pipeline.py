@@ -11,7 +11,6 @@ from .predictions import x0_coefs
 from .samplers import SAMPLERS
 from .samplers import sample as sample_with
 from .schedules import geometric_sigmas
-from .sde import VPSDE
 from .utils import MovedNames
 
 # the models shipped in the package: the pixel-space digits UNet (configs/digits.yaml) and the
@@ -22,17 +21,6 @@ SHIPPED = {name: Path(__file__).parent / "weights" / name for name in ("digits",
 # Pipeline, so this module cannot import it back): deprecated aliases here, registered by
 # pydiffuse/__init__.py
 __getattr__ = MOVED = MovedNames(__name__)
-
-
-class IndexTime:
-    """A discrete-time model seen by an SDE sampler: t in [0, 1] -> the index round(t (T - 1))
-    (score_sde's use of DDPM checkpoints)."""
-
-    def __init__(self, model, num_timesteps: int):
-        self.model, self.scale = model, num_timesteps - 1
-
-    def __call__(self, x, t, **kwargs):
-        return self.model(x, (t * self.scale).round().long(), **kwargs)
 
 
 class LadderView:
@@ -72,8 +60,9 @@ class Pipeline:
     null label) unless ``labels`` are given, with classifier-free guidance ``guidance = 1 + w``.
     A sampler that does not run on a discrete schedule (its registry entry's ``processes``)
     gets the model in a view it does: an SDE sampler ("pc", "ode") the VP SDE whose chain a
-    linear schedule is (``VPSDE.from_discrete``), a ladder sampler ("ald") ``levels`` (default
-    10) geometric noise levels spanning the model's own (``LadderView``).
+    linear schedule is (``pydiffuse.sample`` makes it ``VPSDE.from_discrete``), a ladder sampler
+    ("ald") ``levels`` (default 10) geometric noise levels spanning the model's own
+    (``LadderView``).
     """
 
     default_sampler = "ddim"
@@ -114,9 +103,7 @@ class Pipeline:
                              "guidance")
         model, process, prediction = self.model, self.process, self.prediction
         kinds = SAMPLERS[sampler].processes if sampler in SAMPLERS else ("discrete",)
-        if process.kind == "discrete" and "discrete" not in kinds and "sde" in kinds:
-            model, process = IndexTime(model, len(process)), VPSDE.from_discrete(process)
-        elif process.kind == "discrete" and "discrete" not in kinds and "ladder" in kinds:
+        if process.kind == "discrete" and "discrete" not in kinds and "ladder" in kinds:
             sigma_min, sigma_max = process.sigma_range[1], process.sigma_range[0]
             model = LadderView(model, process, prediction)
             process = geometric_sigmas(sigma_max, sigma_min, opts.pop("levels", 10))

@@ -282,6 +282,13 @@ def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
                   + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
 
 
+def check_bins(bins) -> int:
+    """The data's number of levels: an int >= 2."""
+    if isinstance(bins, bool) or not isinstance(bins, numbers.Integral) or bins < 2:
+        raise ValueError(f"bins must be an int >= 2 (the data's levels), got {bins!r}")
+    return int(bins)
+
+
 def discretized_gaussian_log_likelihood(x, mean, log_scale, bins: int = 256) -> torch.Tensor:
     """log P(bin of x) under N(mean, exp(log_scale)^2), elementwise: the bin [x - w, x + w],
     w = 1 / (bins - 1), of data on ``bins`` levels of [-1, 1] (8-bit: 256, w = 1/255; the
@@ -292,9 +299,7 @@ def discretized_gaussian_log_likelihood(x, mean, log_scale, bins: int = 256) -> 
     Phi(b))) on the lower-tail side of the bin, so far-tail bins keep their true (tiny) mass;
     improved-diffusion uses a tanh approximation of Phi and clamps the mass at 1e-12.
     """
-    if isinstance(bins, bool) or not isinstance(bins, numbers.Integral) or bins < 2:
-        raise ValueError(f"bins must be an int >= 2 (the data's levels), got {bins!r}")
-    half = 1 / (bins - 1)
+    half = 1 / (check_bins(bins) - 1)
     inv_std = torch.exp(-log_scale)
     upper = (x - mean + half) * inv_std
     lower = (x - mean - half) * inv_std

@@ -51,6 +51,15 @@ class SDE:
         dt = self.T / self.N
         return self.drift_coef(t) * dt, self.diffusion(t) * math.sqrt(dt)
 
+    def model_time(self, t) -> torch.Tensor:
+        """The model's t at SDE times t (a tensor on any device): t itself, float32."""
+        return torch.as_tensor(t).to(torch.float32)
+
+    def model_marginal(self, t):
+        """(a, std) at which the model's output is read (turned into x0 or a score) at times t:
+        the marginal's (``DiscreteVPSDE``: its chain's)."""
+        return self.marginal(t)
+
     def sigma(self, t) -> torch.Tensor:
         """The VE noise level std / a at t."""
         a, s = self.marginal(t)
@@ -191,16 +200,17 @@ class VPSDE(SDE):
 
     @classmethod
     def from_discrete(cls, schedule) -> "VPSDE":
-        """The VP SDE whose reference discretization is ``schedule``: linear betas b_0..b_{T-1}
-        are the chain of VPSDE(T b_0, T b_{T-1}, N = T) (DDPM's schedule is VPSDE(0.1, 20)'s,
-        as score_sde samples its DDPM checkpoints; the model's index is t (T - 1))."""
+        """The SDE of a model trained on ``schedule``'s chain: linear betas b_0..b_{T-1} are the
+        chain of VPSDE(T b_0, T b_{T-1}, N = T) (DDPM's schedule is VPSDE(0.1, 20)'s), and the
+        model keeps its discrete time and std (a ``DiscreteVPSDE``, as score_sde samples its
+        DDPM checkpoints)."""
         betas, n = schedule.betas, len(schedule)
         linear = torch.linspace(float(betas[0]), float(betas[-1]), n, dtype=torch.float64)
         if not (torch.allclose(betas, linear, rtol=1e-9, atol=0)
                 and torch.equal(schedule.timesteps, torch.arange(n))):
             raise ValueError("only a full linear-beta schedule is the chain of a VP SDE; "
                              f"{schedule!r} is not")
-        return cls(float(betas[0]) * n, float(betas[-1]) * n, n)
+        return DiscreteVPSDE(float(betas[0]) * n, float(betas[-1]) * n, n)
 
     def beta(self, t):
         return self.beta_min + _time(t) * (self.beta_max - self.beta_min)
@@ -234,6 +244,39 @@ class VPSDE(SDE):
 
     def sigma_to_time(self, sigma):
         return self._time_of_mean(1 / (1 + _time(sigma) ** 2).sqrt())
+
+
+class DiscreteVPSDE(VPSDE):
+    """A VP SDE whose model was trained on its discrete chain (a DDPM eps model): score_sde's
+    ``get_score_fn(continuous=False)``. The model sees the chain's index
+    i = floor(t (chain - 1)) (t in float32, truncated as the reference's ``.long()``) and its
+    output is read at the chain's marginal: s = -eps / sqrt(1 - alpha_bar_i), alpha_bar =
+    cumprod(1 - linspace(beta_min / chain, beta_max / chain, chain)).
+
+    Args:
+        beta_min, beta_max, N: as ``VPSDE`` (N: the sampler's discretization).
+        chain: the model's number of steps (default N; kept when a sampler rediscretizes).
+    """
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000,
+                 chain: int | None = None):
+        super().__init__(beta_min, beta_max, N)
+        self.chain = self.N if chain is None else int(chain)
+        betas = torch.linspace(beta_min / self.chain, beta_max / self.chain, self.chain,
+                               dtype=torch.float64)
+        self.alphas_cumprod = torch.cumprod(1 - betas, 0)
+
+    def __repr__(self) -> str:
+        return f"{super().__repr__()[:-1]}, chain={self.chain})"
+
+    def model_time(self, t) -> torch.Tensor:
+        """The chain index floor(t (chain - 1)), long (on t's device)."""
+        return (torch.as_tensor(t).to(torch.float32) * (self.chain - 1)).long()
+
+    def model_marginal(self, t):
+        """(sqrt(alpha_bar_i), sqrt(1 - alpha_bar_i)) at the model's index i of t."""
+        ab = self.alphas_cumprod[self.model_time(_time(t))]
+        return ab.sqrt(), (1 - ab).sqrt()
 
 
 class SubVPSDE(VPSDE):

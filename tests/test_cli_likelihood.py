@@ -8,8 +8,7 @@ import re
 
 import torch
 
-from pydiffuse import cli, data, likelihood, load, lsgm, pipeline
-from pydiffuse.sde import VPSDE
+from pydiffuse import cli, data, likelihood, load, lsgm
 
 
 def printed(out: str):
@@ -54,8 +53,7 @@ def test_ode_command(capsys):
     out = capsys.readouterr().out
     pipe = load("digits")
     x, y = digits_pair()
-    r = likelihood.ode_nll(pipeline.IndexTime(pipe.model, 1000),
-                           VPSDE.from_discrete(pipe.process), x, prediction=pipe.prediction,
+    r = likelihood.ode_nll(pipe.model, pipe.process, x, prediction=pipe.prediction,
                            rtol=1e-3, atol=1e-3, eps=1e-3, dequantize=True, bins=17,
                            progress=False, model_kwargs={"y": y})
     mean, se = expected(r.bpd)

@@ -6,6 +6,7 @@ reproducible data order and seed streams of the Trainer and SGLD.
 """
 
 from .batches import StepBatches, mix_seed, seed_all
+from .digits import LEVELS as DIGITS_LEVELS
 from .digits import digits
 from .images import ImageFolder, npz_dataset, resize_center_crop
 from .toy import TOY_SETS, circle_means, gaussian_mixture, moons, rings, swiss_roll
@@ -15,7 +16,7 @@ __all__ = [
            "ImageFolder",
            "StepBatches",
            "circle_means",
-           "digits",
+           "digits", "DIGITS_LEVELS",
            "gaussian_mixture",
            "mix_seed",
            "moons",

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 SPLITS = ("train", "test", "all")
+LEVELS = 17          # pixel values 0..16: the bins of the VLB's decoder term (likelihood.vlb)
 
 
 @functools.cache

@@ -23,6 +23,7 @@ import torch
 from ..nn.denoiser import Denoiser
 from ..ops import randn
 from ..predictions import check_prediction, target_coefs, x0_coefs
+from ..sde import VPSDE
 from ._batch import batch_kwargs, batches, check_data, sample_seeds
 from .dopri5 import dopri5
 
@@ -46,14 +47,17 @@ class ODENLLResult:
 
 
 def score_fn(model, sde, prediction: str, dtype):
-    """s(x, t) of a model predicting ``prediction`` at the SDE's marginal x = a x0 + std eps:
-    s = (p + q cx) x + q co out (``pydiffuse.predictions``' coefficients), in float64 and
-    differentiable in x; the model sees x in ``dtype`` and t as float32 [B]."""
+    """s(x, t) of a model predicting ``prediction`` at the SDE's ``model_marginal`` x = a x0 +
+    std eps (a ``DiscreteVPSDE``'s chain: s = -eps / sigma_chain, score_sde's
+    ``get_score_fn(continuous=False)``): s = (p + q cx) x + q co out
+    (``pydiffuse.predictions``' coefficients), in float64 and differentiable in x; the model sees
+    x in ``dtype`` and t as ``sde.model_time(t)`` (float32 [B], or the chain's index)."""
     def score(x, t):
-        a, std = (c.to(x.device).reshape(-1, *[1] * (x.ndim - 1)) for c in sde.marginal(t))
+        a, std = (c.to(x.device).reshape(-1, *[1] * (x.ndim - 1))
+                  for c in sde.model_marginal(t))
         cx, co = x0_coefs(prediction, a, std)
         p, q = target_coefs("score", a, std)
-        out = model(x.to(dtype), t.to(torch.float32)).to(torch.float64)
+        out = model(x.to(dtype), sde.model_time(t)).to(torch.float64)
         return (p + q * cx) * x + (q * co) * out
     return score
 
@@ -107,9 +111,8 @@ def uniform_dequantize(x: torch.Tensor, seeds, bins: int, lo: float, hi: float) 
 
 def _check_options(sde, divergence, probe, n_probes, rtol, atol, eps, bins, data_range, dim):
     if getattr(sde, "kind", None) != "sde":
-        raise ValueError(f"ode_nll needs a score SDE (pydiffuse.sde VESDE, VPSDE, SubVPSDE), got "
-                         f"{sde!r}; a linear-beta DiscreteSchedule is VPSDE.from_discrete(it), "
-                         "its model seen through pydiffuse.pipeline.IndexTime")
+        raise ValueError(f"ode_nll needs a score SDE (pydiffuse.sde VESDE, VPSDE, SubVPSDE) or "
+                         f"a linear-beta DiscreteSchedule (VPSDE.from_discrete), got {sde!r}")
     if divergence not in DIVERGENCES:
         raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
     if probe not in PROBES:
@@ -146,9 +149,9 @@ def ode_nll(model, sde, x: torch.Tensor, *, prediction: str = "eps",
 
     Args:
         model: ``model(x, t, **model_kwargs)`` with t the [B] float32 times in [eps, 1] (a
-            discrete-time model through ``pydiffuse.pipeline.IndexTime``); each sample's output
-            depends on that sample alone.
-        sde: a VE, VP or sub-VP ``pydiffuse.sde`` SDE.
+            ``DiscreteVPSDE``'s chain index); each sample's output depends on that sample alone.
+        sde: a VE, VP or sub-VP ``pydiffuse.sde`` SDE; or a linear-beta DiscreteSchedule,
+            taken as its ``VPSDE.from_discrete`` (a DDPM model keeps its index and chain std).
         x: [B, ...] data (its dtype is what the model sees; the solver runs in float64).
         prediction: "eps", "x0", "v" or "score", at the SDE's marginal.
         divergence: "exact" (D VJPs per evaluation; D <= 64) or "hutchinson".
@@ -167,6 +170,8 @@ def ode_nll(model, sde, x: torch.Tensor, *, prediction: str = "eps",
     """
     check_data(x)
     check_prediction(prediction)
+    if getattr(sde, "kind", None) == "discrete":
+        sde = VPSDE.from_discrete(sde)
     dim = x[0].numel()
     _check_options(sde, divergence, probe, n_probes, rtol, atol, eps, bins, data_range, dim)
     lo, hi = float(data_range[0]), float(data_range[1])

@@ -127,10 +127,19 @@ class StepTable:
 
 def model_times(process, values, device) -> torch.Tensor:
     """The model's t for each step, [steps] on the device: long step indices for a discrete
-    schedule, float32 (sigma, or t in [0, 1]) otherwise."""
+    schedule, an SDE's ``model_time`` (float32 t, or a ``DiscreteVPSDE``'s chain index), float32
+    sigma for a ladder."""
     values = torch.as_tensor(values)
+    if process.kind == "sde":
+        return host_to_device(process.model_time(values), device)
     dtype = torch.long if process.kind == "discrete" else torch.float32
     return host_to_device(values.to(dtype), device)
+
+
+def model_marginal(process, t):
+    """(a, std) at which the model's output is read at the process's times t: an SDE's
+    ``model_marginal`` (a ``DiscreteVPSDE``'s chain), else the marginal."""
+    return process.model_marginal(t) if process.kind == "sde" else process.marginal(t)
 
 
 def check_x(x) -> torch.Tensor:

@@ -9,6 +9,7 @@ from ..ops import randn
 from ..ops._packing import pack_seeds
 from ..predictions import check_prediction
 from ..schedules import as_process
+from ..sde import VPSDE
 from ..nn.denoiser import Denoiser
 from ._common import check_x
 from .cuda_graph import captured_run
@@ -60,7 +61,10 @@ def sample(model, shape=None, *, process, sampler: str = "ddim", steps=None,
             DiscreteSchedule, t in [0, 1] for an SDE, sigma for a noise ladder); a diffusers
             ``UNet2DModel`` works as is (its ``.sample``).
         shape: (B, ...) of the samples; or ``x_T`` (a tensor) instead.
-        process: DiscreteSchedule, SDE, or sigmas / NoiseLadder.
+        process: DiscreteSchedule, SDE, or sigmas / NoiseLadder. A linear DiscreteSchedule with
+            an SDE sampler ("pc", "ode") is its chain's ``VPSDE.from_discrete`` (a
+            ``DiscreteVPSDE``: the model keeps its step index and the chain's std, as score_sde
+            samples DDPM checkpoints).
         sampler: a name of ``pydiffuse.samplers.SAMPLERS`` ("ddpm", "ddim", "ald", "pc", "ode",
             "euler", "heun", "dpmpp_2m", ...); its options as keywords (eta, clip, variance,
             predictor, corrector, snr, method, rtol, atol, churn, ...: the entry's ``options``).
@@ -89,6 +93,9 @@ def sample(model, shape=None, *, process, sampler: str = "ddim", steps=None,
     if (shape is None) == (x_T is None):
         raise ValueError("give a shape (B, ...) or x_T=, exactly one")
     process = as_process(process)
+    if process.kind == "discrete" and "discrete" not in SAMPLERS[sampler].processes \
+            and "sde" in SAMPLERS[sampler].processes:
+        process = VPSDE.from_discrete(process)
     check_prediction(prediction)
     if isinstance(model, Denoiser):
         if any(v is not None for v in (guidance, model_kwargs, uncond_kwargs, classifier)):

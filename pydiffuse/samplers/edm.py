@@ -16,9 +16,11 @@ import torch
 from ..ops import lincomb
 from ..predictions import x0_coefs
 from ..schedules import karras_sigmas
-from ._common import guided_pair, start
+from ._common import guided_pair, model_marginal, start
 from .ode import euler_heun_loop, output_terms
 from .registry import PROCESS_KINDS, register
+
+EDM_SIGMA_RANGE = (0.002, 80.0)       # NVlabs/edm generate.py's sigma_min, sigma_max defaults
 
 
 def check_sigmas(sigmas) -> torch.Tensor:
@@ -39,14 +41,14 @@ def check_sigmas(sigmas) -> torch.Tensor:
 
 def at_sigmas(process, sigmas):
     """The model time t = ``process.sigma_to_time(sigma)`` of each level (host float64), and
-    sigma and a recomputed from ``process.marginal(t)`` so they agree with the time the model
-    sees (a discrete schedule rounds to the nearest step index).
+    sigma and a recomputed from the marginal at t (``model_marginal``) so they agree with the
+    time the model sees (a discrete schedule rounds to the nearest step index).
 
     Returns:
         (times [n], sigmas [n], scales a [n]).
     """
     times = process.sigma_to_time(sigmas)
-    a, std = process.marginal(times)
+    a, std = model_marginal(process, times)
     return times, std / a, a
 
 
@@ -55,7 +57,10 @@ def edm_sigmas(process, steps=None, sigma_min=None, sigma_max=None, rho=None, si
     """The noise levels a sigma-view run steps through, host float64.
 
     sigma_i = karras_sigmas(steps, sigma_min, sigma_max, rho) (Karras et al. eq. 5; default 50
-    steps, rho 7, range ``process.sigma_range``), or ``spacing(steps, sigma_min, sigma_max, rho)``
+    steps, rho 7, range NVlabs/edm's [max(0.002, model min), min(80, model max)] of
+    ``process.sigma_range``, ``EDM_SIGMA_RANGE``: sigma > 80 carries no information for data in
+    [-1, 1] and a grid up to the cosine chain's 20291 wastes most of a short run; explicit values
+    are taken as given), or ``spacing(steps, sigma_min, sigma_max, rho)``
     (rho as given, None by default) instead, or the explicit grid ``sigmas`` (ending in 0,
     ``check_sigmas``); then ``at_sigmas``. A discrete schedule quantizes t_i to the nearest step
     index, and steps quantized to the same index are merged (fewer steps). sigma_n = 0 with
@@ -75,8 +80,10 @@ def edm_sigmas(process, steps=None, sigma_min=None, sigma_max=None, rho=None, si
         rho = 7.0 if rho is None else rho
         if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
             raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-        lo = min(process.sigma_range) if sigma_min is None else float(sigma_min)
-        hi = max(process.sigma_range) if sigma_max is None else float(sigma_max)
+        lo = max(EDM_SIGMA_RANGE[0], min(process.sigma_range)) if sigma_min is None \
+            else float(sigma_min)
+        hi = min(EDM_SIGMA_RANGE[1], max(process.sigma_range)) if sigma_max is None \
+            else float(sigma_max)
         if not 0 < lo <= hi:
             raise ValueError(f"need 0 < sigma_min <= sigma_max, got {lo}, {hi}")
         if not rho > 0:
@@ -86,7 +93,7 @@ def edm_sigmas(process, steps=None, sigma_min=None, sigma_max=None, rho=None, si
     times = process.sigma_to_time(levels)
     if process.kind == "discrete":
         times = torch.unique_consecutive(times)
-    a, std = process.marginal(times)
+    a, std = model_marginal(process, times)
     zero = torch.zeros(1, dtype=torch.float64)
     return times, torch.cat([std / a, zero]), torch.cat([a, zero + 1])
 
@@ -143,7 +150,7 @@ def _edm_loop(run, method, x, grid, churn, s_tmin, s_tmax, s_noise, prediction):
     inside = (sig[:-1] >= s_tmin) & (sig[:-1] <= s_tmax)
     gamma = torch.where(inside, min(churn / n, math.sqrt(2) - 1), 0.0)
     t_hat = torch.where(gamma > 0, process.sigma_to_time(sig[:-1] * (1 + gamma)), times)
-    a_hat, std_hat = process.marginal(t_hat)
+    a_hat, std_hat = model_marginal(process, t_hat)
     s_hat = std_hat / a_hat
     last = sig[1:] == 0
     h = sig[1:] - s_hat
@@ -195,7 +202,8 @@ def sample_euler(model, x, process, *, steps=None, sigma_min=None, sigma_max=Non
             ``Denoiser``.
         x: x_T [B, ...] at the prior (prior_std * z); process: any (discrete, SDE, noise ladder).
         steps: grid size N (model calls; a discrete schedule may merge a few; default 50).
-        sigma_min, sigma_max, rho: the Karras grid (default: the process's ``sigma_range``, 7).
+        sigma_min, sigma_max, rho: the Karras grid (default: the process's ``sigma_range``
+            clamped to NVlabs/edm's [0.002, 80], 7).
         sigmas: an explicit grid instead, [N + 1] decreasing to 0 (``check_sigmas``), e.g.
             ``schedules.append_zero`` of ``karras_sigmas``, ``exponential_sigmas``,
             ``polyexponential_sigmas`` or ``schedule_sigmas``.

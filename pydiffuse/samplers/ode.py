@@ -8,7 +8,8 @@ import torch
 from ..ode_solvers import DP_A, DP_C, DP_E, controlled_step, initial_step_from_norms
 from ..ops import StepCoefs, lincomb, sample_step
 from ..predictions import x0_coefs
-from ._common import StepTable, guided_pair, start
+from ._common import StepTable, guided_pair, model_marginal, start
+from .pc import predictor_columns
 from .registry import register
 
 METHODS = ("euler", "heun", "rk45")
@@ -17,10 +18,11 @@ def drift_coefs(process, prediction: str, t) -> dict:
     """The probability-flow drift at times t as ``sample_step`` coefficients, host float64 [n]:
 
     dx/dt = f x - g^2 s / 2,  s = (a x0 - x) / sigma^2   =>   dx/dt = mx x + m0 x0,
-    mx = f + g^2 / (2 sigma^2),  m0 = -g^2 a / (2 sigma^2),  x0 = cx x + co out;
-    also (a, std) of the marginal for classifier guidance.
+    mx = f + g^2 / (2 sigma^2),  m0 = -g^2 a / (2 sigma^2),  x0 = cx x + co out, (a, sigma) the
+    ``model_marginal`` (a ``DiscreteVPSDE``'s chain: s = -eps / sigma_chain, as score_sde);
+    also (a, std) for classifier guidance.
     """
-    a, std = process.marginal(t)
+    a, std = model_marginal(process, t)
     half_g2 = 0.5 * process.diffusion(t) ** 2 / std ** 2
     cx, co = x0_coefs(prediction, a, std)
     return {"cx": cx, "co": co, "mx": process.drift_coef(t) + half_g2, "m0": -half_g2 * a,
@@ -108,10 +110,10 @@ def _device_columns(columns: dict, device) -> dict:
     return dict(zip(table.names, table.data.unbind(1)))
 
 
-def _drift(den, y, c: dict, stage):
+def _drift(den, process, y, c: dict, stage):
     """dy/dt = mx y + m0 x0 at the stage's per-sample times (one sample_step)."""
-    out, uncond = guided_pair(den, y, c[stage, "t"], c[stage, "a"], c[stage, "std"],
-                              c[stage, "co"])
+    t = process.model_time(c[stage, "t"])
+    out, uncond = guided_pair(den, y, t, c[stage, "a"], c[stage, "std"], c[stage, "co"])
     return sample_step(y, out, StepCoefs(cx=c[stage, "cx"], co=c[stage, "co"],
                                          mx=c[stage, "mx"], m0=c[stage, "m0"]),
                        **den.fused_cfg(uncond))
@@ -134,7 +136,7 @@ def _initial_step(den, x, k1, process, prediction, t, span, rtol, atol):
     d = torch.stack([_rms(x, scale), _rms(k1, scale)]).double().cpu()
     h0 = torch.where((d < 1e-5).any(0), 1e-6, 0.01 * d[0] / d[1]).minimum(span)
     c = _device_columns({**_stage_columns(process, prediction, [t - h0]), "h": -h0}, x.device)
-    k2 = _drift(den, lincomb([x, k1], [1.0, c["h"]]), c, 0)
+    k2 = _drift(den, process, lincomb([x, k1], [1.0, c["h"]]), c, 0)
     d2 = _rms(lincomb([k2, k1], [1.0, -1.0]), scale).double().cpu() / h0
     return initial_step_from_norms(h0, d[1], d2, span)
 
@@ -147,7 +149,8 @@ def _rk45(run, x, prediction, eps, rtol, atol, max_steps, stats):
     den, process = run.den, run.process
     batch, shape = len(x), (-1,) + (1,) * (x.ndim - 1)
     t = torch.full((batch,), float(process.T), dtype=torch.float64)
-    k1 = _drift(den, x, _device_columns(_stage_columns(process, prediction, [t]), x.device), 0)
+    k1 = _drift(den, process, x,
+                _device_columns(_stage_columns(process, prediction, [t]), x.device), 0)
     h = -_initial_step(den, x, k1, process, prediction, t, t - eps, rtol, atol)
     accepted = torch.zeros(batch, dtype=torch.long)
     rejected = torch.zeros(batch, dtype=torch.long)
@@ -164,7 +167,7 @@ def _rk45(run, x, prediction, eps, rtol, atol, max_steps, stats):
         ks = [k1]
         for s in range(1, len(DP_C)):
             y = lincomb([x, *ks], [1.0, *(c["a", s, j] for j in range(s))])
-            ks.append(_drift(den, y, c, s))
+            ks.append(_drift(den, process, y, c, s))
         err = lincomb(ks, [c["e", j] for j in range(len(DP_E))])
         norm = _rms(err, atol + rtol * torch.maximum(x.float().abs(), y.float().abs()))
         ok = (norm <= 1).reshape(shape)
@@ -184,12 +187,25 @@ def _rk45(run, x, prediction, eps, rtol, atol, max_steps, stats):
     return x
 
 
+def _denoise(run, x, prediction, eps):
+    """score_sde's ``denoise_update_fn``, the end of its ODE sampler: the reverse-diffusion
+    predictor's mean at t = eps, x <- x - f_eps x + G_eps^2 s(x, eps) ((f, G) of
+    ``discretize_coefs``; a Tweedie step from eps to 0), one ``sample_step``."""
+    t = torch.tensor([eps], dtype=torch.float64)
+    a, std = model_marginal(run.process, t)
+    cols = predictor_columns(run.process, "reverse_diffusion", t, prediction)
+    c = run.table(dict(cols, a=a, std=std)).row(0)
+    out, uncond = guided_pair(run.den, x, run.t(run.times(t), 0), c["a"], c["std"], c["co"])
+    return sample_step(x, out, StepCoefs(cx=c["cx"], co=c["co"], mx=c["mx"], m0=c["m0"]),
+                       **run.den.fused_cfg(uncond))
+
+
 @register("ode", title="probability-flow ODE", paper="Song et al. 2021", processes=("sde",),
           stochastic=False, order=5, nfe_per_step=6, adaptive={"method": "rk45"},
           quick={"method": "heun", "steps": 3})
 def sample_ode(model, x, process, *, method: str = "rk45", steps=None, rtol: float = 1e-5,
-               atol: float = 1e-5, eps=None, max_steps: int = 10000, prediction: str = "eps",
-               seed=None, callback=None, progress=False, stats=None):
+               atol: float = 1e-5, eps=None, max_steps: int = 10000, denoise: bool = True,
+               prediction: str = "eps", seed=None, callback=None, progress=False, stats=None):
     """Solve the probability-flow ODE dx/dt = f(t) x - g(t)^2 s(x, t) / 2 from t = 1 to eps
     (Song et al. 2021, eq. 13 and appendix D.3), the drift as one ``sample_step``:
     dx/dt = (f + g^2 / (2 sigma^2)) x - g^2 a / (2 sigma^2) x0, x0 the model's prediction.
@@ -205,6 +221,8 @@ def sample_ode(model, x, process, *, method: str = "rk45", steps=None, rtol: flo
       and a finished sample idles (h = 0) while the others go on. The step-size control runs on
       the host in float64: one device-to-host copy of the [B] error norms per step (the loop's
       only sync) and one upload of the step's coefficients. The fixed-step methods never sync.
+    - ``denoise`` (score_sde's default): then one denoising step at eps, the reverse-diffusion
+      predictor's mean x <- x - f_eps x + G_eps^2 s(x, eps) (``_denoise``; one model call).
 
     Args:
         model: ``model(x, t)`` with t the [B] float32 times in [eps, 1], or a ``Denoiser``.
@@ -212,6 +230,7 @@ def sample_ode(model, x, process, *, method: str = "rk45", steps=None, rtol: flo
         method: "euler", "heun" or "rk45"; steps: fixed-step methods only.
         rtol, atol: rk45's tolerances (scipy's meaning); max_steps: rk45's attempted steps.
         eps: the final time (default ``process.sampling_eps``).
+        denoise: end with the denoising step (True, score_sde's default) or return x_eps.
         seed: unused (the ODE is deterministic; accepted for ``pydiffuse.sample``).
         callback: callback({"i", "t", "x"} (+ "x0" for euler/heun)) after each step
             (rk45: t is the host float64 [B] of the samples' times).
@@ -219,7 +238,7 @@ def sample_ode(model, x, process, *, method: str = "rk45", steps=None, rtol: flo
             per sample on the host; fixed-step: ints).
 
     Returns:
-        x_eps [B, ...].
+        x_0 [B, ...] (x_eps without ``denoise``).
     """
     run = start("ode", model, x, process, prediction=prediction, noise=False, callback=callback,
                 progress=progress, hint="; for a discrete schedule or a noise ladder use sampler "
@@ -248,6 +267,8 @@ def sample_ode(model, x, process, *, method: str = "rk45", steps=None, rtol: flo
         x = _fixed_step(run, x, prediction, method, int(steps), float(eps))
         if stats is not None:
             stats.update(steps=int(steps), rejected=0)
+    if denoise:
+        x = _denoise(run, x, prediction, float(eps))
     if stats is not None:
         stats["nfe"] = run.den.nfe - nfe0
     return x

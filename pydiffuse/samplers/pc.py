@@ -10,8 +10,8 @@ import torch
 from ..ops import StepCoefs, langevin_step, lincomb, randn, sample_step
 from ..predictions import target_coefs, x0_coefs
 from ..schedules import as_process
-from ..sde import SubVPSDE, VESDE, VPSDE
-from ._common import as_denoiser, check_process_kind, start
+from ..sde import DiscreteVPSDE, SubVPSDE, VESDE, VPSDE
+from ._common import as_denoiser, check_process_kind, model_marginal, start
 from .registry import register
 
 PREDICTORS = ("reverse_diffusion", "euler_maruyama", "ancestral", "none")
@@ -22,6 +22,8 @@ def with_steps(sde, n: int):
     """The SDE discretized with N = n (the reference code builds its SDE with N = steps)."""
     if n == sde.N:
         return sde
+    if isinstance(sde, DiscreteVPSDE):       # the model keeps its chain
+        return DiscreteVPSDE(sde.beta_min, sde.beta_max, n, chain=sde.chain)
     if isinstance(sde, VESDE):
         return VESDE(sde.sigma_min, sde.sigma_max, n)
     if isinstance(sde, VPSDE):                # VPSDE and SubVPSDE
@@ -54,20 +56,32 @@ def predictor_coefs(sde, predictor: str, t):
     return 1 / (1 - beta).sqrt(), beta / (1 - beta).sqrt(), beta.sqrt()
 
 
+def predictor_columns(sde, predictor: str, t, prediction: str) -> dict:
+    """The predictor x <- A x + B s + S z (``predictor_coefs``) at times t as one
+    ``sample_step``'s columns: the score read from x0 = cx x + co out at the ``model_marginal``
+    (a, std) (a ``DiscreteVPSDE``'s chain), s = (a x0 - x) / std^2, so
+    A x + B s + S z = (A - B / std^2) x + (B a / std^2) x0 + S z."""
+    a, std = model_marginal(sde, t)
+    cx, co = x0_coefs(prediction, a, std)
+    big_a, big_b, big_s = predictor_coefs(sde, predictor, t)
+    return {"cx": cx, "co": co, "m0": big_b * a / std ** 2, "mx": big_a - big_b / std ** 2,
+            "s": big_s}
+
+
 def pc_table(sde, t, predictor: str, corrector: str, snr: float, prediction: str,
              denoise: bool) -> dict:
-    """Per-level columns: the predictor as one ``sample_step`` (score = (a x0 - x) / std^2, so
-    A x + B s + S z = (A - B / std^2) x + (B a / std^2) x0 + S z), the corrector's score
-    s = sx x + so out and step size, and the marginal (a, std) for the masked replacement."""
+    """Per-level columns: the predictor as one ``sample_step`` (``predictor_columns``), the
+    corrector's score s = sx x + so out (at the ``model_marginal``) and step size, and the
+    marginal (a, std) for the masked replacement."""
     a, std = sde.marginal(t)
-    cx, co = x0_coefs(prediction, a, std)
-    p, q = target_coefs("score", a, std)
+    am, sm = model_marginal(sde, t)
+    cx, co = x0_coefs(prediction, am, sm)
+    p, q = target_coefs("score", am, sm)
     cols = {"cx": cx, "co": co, "sx": p + q * cx, "so": q * co, "a": a, "std": std}
     if predictor != "none":
-        big_a, big_b, big_s = predictor_coefs(sde, predictor, t)
+        cols.update(predictor_columns(sde, predictor, t, prediction))
         if denoise:                           # the last predictor returns its mean
-            big_s = torch.cat([big_s[:-1], torch.zeros(1, dtype=torch.float64)])
-        cols.update(m0=big_b * a / std ** 2, mx=big_a - big_b / std ** 2, s=big_s)
+            cols["s"] = torch.cat([cols["s"][:-1], torch.zeros(1, dtype=torch.float64)])
     if isinstance(sde, VPSDE):                # alpha_i of the reference correctors
         alpha = 1 - sde.discrete_betas[(t * (sde.N - 1) / sde.T).long()]
     else:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..ops import lincomb
+from ..schedules import check_bins
 from .losses import (Objective, call_model, check_output, check_process, draw_time, mean_flat,
                      noised, time_at)
 from .timestep_samplers import make_timestep_sampler
@@ -66,7 +67,7 @@ class DDPMLoss(_DiscreteObjective):
         p_uncond, null_class: classifier-free label dropout.
     """
 
-    vlb_weight = None
+    vlb_weight, bins = None, 256
 
     def __init__(self, schedule, prediction: str = "eps", *, timestep_sampler="uniform",
                  p_uncond: float = 0.0, null_class=None):
@@ -94,7 +95,7 @@ class DDPMLoss(_DiscreteObjective):
         sched = self.schedule
         rows = sched.gather_rows(self.columns, draw.pos, x0)
         mean, log_var, _ = sched.p_mean_logvar(rows, out, x_t, "learned_range")
-        nats = sched.vlb_terms(rows, x0, x_t, draw.pos, mean, log_var)
+        nats = sched.vlb_terms(rows, x0, x_t, draw.pos, mean, log_var, self.bins)
         return nats / (x0[0].numel() * math.log(2))
 
 
@@ -102,12 +103,13 @@ class HybridLoss(DDPMLoss):
     """L_hybrid = L_simple + lambda L_vlb (Nichol & Dhariwal 2021), lambda = 0.001, for a model
     with 2C output channels: the mean's prediction and v, log Sigma = f log beta_t + (1 - f)
     log beta~_t, f = (v + 1)/2. One t per example estimates L_vlb by T L_{t-1} (bits/dim, as
-    improved-diffusion's RESCALED_MSE); the mean's gradient is stopped inside L_vlb."""
+    improved-diffusion's RESCALED_MSE); the mean's gradient is stopped inside L_vlb. L_0 is the
+    discretized Gaussian on the data's ``bins`` levels of [-1, 1] (8-bit: 256; the digits: 17)."""
 
     def __init__(self, schedule, prediction: str = "eps", *, vlb_weight: float = 0.001,
-                 **kwargs):
+                 bins: int = 256, **kwargs):
         super().__init__(schedule, prediction, **kwargs)
-        self.vlb_weight = float(vlb_weight)
+        self.vlb_weight, self.bins = float(vlb_weight), check_bins(bins)
 
 
 class VLBLoss(_DiscreteObjective):
@@ -120,12 +122,14 @@ class VLBLoss(_DiscreteObjective):
         prediction: what the mean half of the output predicts ("eps", "x0", "v", "score").
         variance: "learned_range" (2C output channels), "fixed_small" or "fixed_large".
         timestep_sampler: "loss-second-moment" (default), "uniform" or a sampler object.
+        bins: the data's levels in [-1, 1] for L_0 (8-bit: 256; the digits: 17).
     """
 
     def __init__(self, schedule, prediction: str = "eps", *, variance: str = "learned_range",
-                 timestep_sampler="loss-second-moment", p_uncond: float = 0.0, null_class=None):
+                 timestep_sampler="loss-second-moment", bins: int = 256, p_uncond: float = 0.0,
+                 null_class=None):
         super().__init__(schedule, timestep_sampler, p_uncond=p_uncond, null_class=null_class)
-        self.prediction, self.variance = prediction, variance
+        self.prediction, self.variance, self.bins = prediction, variance, check_bins(bins)
         self.columns = self.schedule.reverse_table(prediction, variance)
 
     def compute(self, model, x0, y) -> dict:
@@ -136,7 +140,7 @@ class VLBLoss(_DiscreteObjective):
         sched = self.schedule
         rows = sched.gather_rows(self.columns, draw.pos, x0)
         mean, log_var, _ = sched.p_mean_logvar(rows, out, x_t, self.variance)
-        nats = sched.vlb_terms(rows, x0, x_t, draw.pos, mean, log_var)
+        nats = sched.vlb_terms(rows, x0, x_t, draw.pos, mean, log_var, self.bins)
         per = len(self.schedule) * nats / (x0[0].numel() * math.log(2))
         return self.finish(per, draw, weights)
 

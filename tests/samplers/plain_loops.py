@@ -110,6 +110,19 @@ def pc(score_model, x, sde, *, eps, snr=0.16, n_corrector=1, denoise=True, seed=
     return x
 
 
+def score_sde_discrete(eps_model, sde):
+    """score_sde's ``get_score_fn(sde, model, continuous=False)`` for a VP SDE: the model at the
+    chain's label t (N - 1) (t in float32; the label truncated by ``.long()``, which an
+    index-time model needs for its input too) and s = -eps / sqrt(1 - alphas_cumprod[label]),
+    alphas_cumprod = cumprod(1 - sde.discrete_betas)."""
+    std = (1 - torch.cumprod(1 - sde.discrete_betas, 0)).sqrt()
+
+    def score(x, t):
+        labels = (t.float() * (sde.N - 1)).long()
+        return -eps_model(x, labels) / std[labels].to(x.dtype)[:, None]
+    return score
+
+
 def probability_flow(score_model, x, sde, *, steps, eps, method="euler", callback=None):
     """The probability-flow ODE dx/dt = f(t) x - g(t)^2 s(x, t) / 2 (Song et al. 2021, eq. 13)
     from t = 1 to eps in ``steps`` uniform steps h: Euler x <- x + h d(x, t), or Heun

@@ -51,7 +51,7 @@ def test_rk45_reaches_tolerance(process_name):
     errors, nfes = [], []
     for tol in (1e-3, 1e-5):
         stats = {}
-        out = sample_ode(g, x, process, rtol=tol, atol=tol, stats=stats)
+        out = sample_ode(g, x, process, rtol=tol, atol=tol, denoise=False, stats=stats)
         scaled = ((out.double() - ref) / (tol + tol * ref.abs())).pow(2).mean(1).sqrt()
         assert scaled.median() < 1.0
         assert scaled.quantile(0.9) < 5.0
@@ -88,8 +88,8 @@ def test_fixed_step_orders(process_name):
     ref = exact_flow(g, process, x)
     with backend("reference"):
         for method, order in (("euler", 1), ("heun", 2)):
-            err = [(sample_ode(g, x, process, method=method, steps=n, prediction="x0") - ref)
-                   .pow(2).mean().sqrt() for n in (40, 80)]
+            err = [(sample_ode(g, x, process, method=method, steps=n, prediction="x0",
+                               denoise=False) - ref).pow(2).mean().sqrt() for n in (40, 80)]
             assert 2 ** order * 0.8 < err[0] / err[1] < 2 ** order * 1.3
 
 
@@ -106,7 +106,27 @@ def test_front_door_counts():
     heun = {}
     pydiffuse.sample(g, (16, 2), process=process, sampler="ode", method="heun", steps=7,
                      stats=heun)
-    assert heun == {"steps": 7, "rejected": 0, "nfe": 14}
+    assert heun == {"steps": 7, "rejected": 0, "nfe": 15}          # + the denoising step
+
+
+@pytest.mark.parametrize("process_name", SDES)
+def test_denoise_is_score_sdes_last_step(process_name):
+    """denoise=True (score_sde's default) ends with its denoise_update_fn: the reverse-diffusion
+    predictor's mean at eps, x - f + G^2 s(x, eps) with (f x, G) = ``sde.discretize`` (the
+    reference API), applied to the ODE's x_eps; on the Gaussian oracle x_eps is the closed-form
+    flow's (VE: still blurred by sigma_min = 0.01)."""
+    process = SDES[process_name]()
+    g = gaussian(process)
+    x = x_T(process, 2, n=256, seed=5).double()
+    with backend("reference"):
+        x_eps = sample_ode(g, x, process, rtol=1e-5, atol=1e-5, denoise=False)
+        out = sample_ode(g, x, process, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x_eps, exact_flow(g, process, x), rtol=0, atol=5e-3)
+    eps = torch.full((len(x),), process.sampling_eps, dtype=torch.float64)
+    f, big_g = process.discretize(x_eps, eps)
+    score = -g(x_eps, eps.float()) / process.marginal(eps)[1][:, None]
+    torch.testing.assert_close(out, x_eps - f + big_g[:, None] ** 2 * score, rtol=0, atol=1e-6)
+    assert (out - x_eps).abs().max() > 1e-4
 
 
 @pytest.mark.parametrize("process,kwargs,match", [

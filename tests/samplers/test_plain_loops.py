@@ -97,6 +97,23 @@ def pc_case(kind, change):
                                          **{"eps": process.sampling_eps, "seed": SEED, **change})
 
 
+def discrete_case(name, change):
+    """A DDPM eps model (the oracle at the chain's step index) on its chain's SDE: the sampler
+    against the plain loop on score_sde's ``get_score_fn(continuous=False)``."""
+    chain = schedules.linear(30)
+    model, process = Oracle(chain, "eps"), sde.VPSDE.from_discrete(chain)
+    plain_sde, x = sde.VPSDE(process.beta_min, process.beta_max, 30), x_T(chain)
+    score = plain.score_sde_discrete(model, plain_sde)
+    if name == "pc":
+        fused = plain.trajectory(SAMPLERS["pc"], model, x, process, prediction="eps",
+                                 seed=SEED)
+        return fused, plain.plain_trajectory(plain.pc, score, x, plain_sde, **{
+            "eps": process.sampling_eps, "seed": SEED, **change})
+    fused = plain.trajectory(SAMPLERS["ode"], model, x, process, method="heun", steps=10)
+    return fused, plain.plain_trajectory(plain.probability_flow, score, x, plain_sde, **{
+        "steps": 10, "eps": process.sampling_eps, "method": "heun", **change})
+
+
 def ode_case(kind, method, change):
     process = SDES[kind]()
     model, x = Oracle(process, "score"), x_T(process)
@@ -136,6 +153,8 @@ CASES = {
     "ddim eta=0.5": partial(ddim_case, 0.5),
     "ald": ald_case,
     **{f"pc {kind}": partial(pc_case, kind) for kind in SDES},
+    "pc ddpm model": partial(discrete_case, "pc"),
+    "ode heun ddpm model": partial(discrete_case, "ode"),
     **{f"ode {method} {kind}": partial(ode_case, kind, method)
        for kind in SDES for method in ("euler", "heun")},
     **{f"{name} {kind}": partial(sigma_case, name, kind, 0.0)

@@ -11,11 +11,13 @@ import pytest
 import torch
 
 from pydiffuse import schedules
+from pydiffuse.config import build_objective
 from pydiffuse.likelihood import (discretized_gaussian_log_likelihood, normal_kl, p_mean_logvar,
                                   prior_kl, vlb)
 from pydiffuse.likelihood.vlb import gather_rows, vlb_columns
 from pydiffuse.nn import GaussianMixtureScore
 from pydiffuse.training import ClassifierLoss, DDPMLoss, HybridLoss, VLBLoss, label_dropout
+from pydiffuse.training.timestep_samplers import UniformSampler
 
 # -- shared: a tiny MLP, toy data, a short training run -----------------------------------------
 
@@ -370,6 +372,44 @@ def test_hybrid_adds_t_over_1000_vlb():
     torch.manual_seed(5)
     hybrid = HybridLoss(sched)(model, x0)["per_example"]
     torch.testing.assert_close(hybrid, simple + 0.001 * vlb, rtol=1e-5, atol=1e-6)
+
+
+class FirstStep(UniformSampler):
+    """Every example at position 0 (the decoder term L_0)."""
+
+    def sample(self, batch_size: int):
+        return torch.zeros(batch_size, dtype=torch.long), torch.ones(batch_size)
+
+
+def test_decoder_term_on_17_levels():
+    """With bins=17 (the digits) the losses' L_0 is the exact discretized Gaussian of 17-level
+    data: -log(Phi((x + 1/16 - mu) / sigma) - Phi((x - 1/16 - mu) / sigma)), the outer bins to
+    +-inf, mu the model's x0 (the posterior mean at position 0), sigma^2 the clipped beta~;
+    the 256-level default differs (bin half-width 1/255)."""
+    sched = schedules.linear(20, beta_start=0.05, beta_end=0.4)             # sigma ~ 0.2
+    x0 = (torch.randint(0, 17, (64, DIM), generator=torch.Generator().manual_seed(0)) / 8 - 1)
+    model = WithVariance(lambda x, t: torch.full_like(x, 0.1), v=-1.0)       # x0^ = 0.1
+    sigma = math.exp(0.5 * float(sched.posterior()["log_variance_clipped"][0]))
+    normal = torch.distributions.Normal(0.1, sigma)
+    upper = torch.where(x0 > 0.99, 1.0, normal.cdf(x0.double() + 1 / 16))
+    lower = torch.where(x0 < -0.99, 0.0, normal.cdf(x0.double() - 1 / 16))
+    expect = -(upper - lower).log().sum(1) * 20 / (DIM * math.log(2))
+    losses = {b: VLBLoss(sched, "x0", timestep_sampler=FirstStep(20), bins=b)(model, x0)
+              for b in (17, 256)}
+    torch.testing.assert_close(losses[17]["per_example"].double(), expect, rtol=1e-5, atol=0)
+    assert (losses[256]["per_example"] - losses[17]["per_example"]).abs().min() > 1
+    torch.manual_seed(5)
+    hybrid = HybridLoss(sched, "x0", timestep_sampler=FirstStep(20), bins=17)(model, x0)
+    simple = ((0.1 - x0) ** 2).mean(1)
+    torch.testing.assert_close(hybrid["per_example"].double(), (simple + 0.001 * expect).double(),
+                               rtol=1e-5, atol=0)
+    with pytest.raises(ValueError, match="bins"):
+        VLBLoss(sched, bins=1)
+    for kind in ("hybrid", "vlb"):       # a run config takes the bins from its data
+        config = {"objective": {"type": kind}, "data": {"type": "digits"}}
+        assert build_objective(config, sched).bins == 17
+        config["objective"]["bins"] = 9
+        assert build_objective(config, sched).bins == 9
 
 
 # -- the noisy classifier -----------------------------------------------------------------------
