@@ -13,7 +13,8 @@ from pydiffuse.lsgm import nelbo
 from pydiffuse.nn import MLP, MixedScore, build_lsgm
 from pydiffuse.sde import VPSDE
 from pydiffuse.training import LSGMLoss, Trainer
-from pydiffuse.training.lsgm_loss import cross_entropy, likelihood_times, normal_cross_entropy
+from pydiffuse.training.lsgm_loss import (MODES, VAE_MODES, cross_entropy, likelihood_times,
+                                         normal_cross_entropy)
 
 SDE = VPSDE()
 MU = torch.tensor([0.3, -0.5, 1.0], dtype=torch.float64)       # q(z_0 | x) = N(MU, SQ^2)
@@ -32,13 +33,13 @@ def diffused_ce(t, m, s) -> float:
     return gaussian_ce(a * MU, a * a * SQ ** 2 + sd * sd, a * m, a * a * s * s + sd * sd)
 
 
-@pytest.mark.parametrize("importance", [True, False])
-def test_cross_entropy_matches_closed_form_with_truncation(importance):
+@pytest.mark.parametrize("mode", VAE_MODES)
+def test_cross_entropy_matches_closed_form_with_truncation(mode):
     """With the exact eps of p_t (p_0 = N(0.4, 0.8^2 I)) the estimate's mean is CE(q_eps ||
     p_eps) in closed form, at eps = 0.2 where truncation matters: 3.661 vs 3.244 at t = 0
-    (measured: estimate 3.6623 +- 0.0039 (IS) and 3.6623 +- 0.0035 (uniform t) with 4e5
-    samples; 2e5 here). The prior at t = 1 is not exactly N(0, I): the closed-form difference
-    CE(q_1 || p_1) - CE(q_1 || N(0, I)) (-3.5e-6) is added."""
+    (measured: estimate 3.6623 +- 0.0039 (log-SNR IS) and 3.6623 +- 0.0035 (uniform t) with 4e5
+    samples; 2e5 here), for each of the VAE's t-samplings. The prior at t = 1 is not exactly
+    N(0, I): the closed-form difference CE(q_1 || p_1) - CE(q_1 || N(0, I)) (-3.5e-6) is added."""
     m, s, eps, n = 0.4, 0.8, 0.2, 200_000
 
     def eps_fn(z, t):
@@ -47,7 +48,7 @@ def test_cross_entropy_matches_closed_form_with_truncation(importance):
 
     torch.manual_seed(0)
     z0 = MU + SQ * torch.randn(n, 3, dtype=torch.float64)
-    est = cross_entropy(eps_fn, SDE, z0, eps, importance=importance)
+    est = cross_entropy(eps_fn, SDE, z0, eps, mode=mode)
     a1, s1 = (float(v) for v in SDE.marginal(1.0))
     q1 = (a1 * MU, a1 ** 2 * SQ ** 2 + s1 ** 2)
     mismatch = gaussian_ce(*q1, a1 * m, a1 ** 2 * s * s + s1 ** 2) - gaussian_ce(*q1, 0.0, 1.0)
@@ -188,16 +189,19 @@ def test_nelbo_ode_prior_is_the_normal_log_density_when_alpha_is_zero():
 
 def test_loss_value_is_the_nelbo_and_options_are_checked():
     """The backpropagated loss's value is the NELBO estimate (the prior's term enters as
-    L - L.detach()); the likelihood-weighted prior option runs; bad settings are refused."""
+    L - L.detached()) under every weighting; bad settings are refused, naming the option."""
     model, x = tiny_model(), digits_batch(8)
-    for weighting in ("eps", "likelihood"):
+    for mode in MODES:
         torch.manual_seed(0)
-        out = LSGMLoss(prior_weighting=weighting)(model, x)
+        out = LSGMLoss(iw_sample_p=mode)(model, x)
         assert out["loss"].item() == pytest.approx(out["per_example"].mean().item(), rel=1e-6)
         assert out["t"].shape == (8,) and out["loss"].requires_grad
-    with pytest.raises(ValueError, match="prior_weighting"):
-        LSGMLoss(prior_weighting="snr")
-    with pytest.raises(ValueError, match="vae_warmup"):
-        LSGMLoss(vae_warmup=-1)
+    for kw, match in (({"iw_sample_p": "snr"}, "iw_sample_p"),
+                      ({"iw_sample_q": "drop_all_iw"}, "iw_sample_q"),
+                      ({"prior_weighting": "snr"}, "prior_weighting"),
+                      ({"prior_weighting": "eps", "iw_sample_p": "ll_iw"}, "prior_weighting"),
+                      ({"vae_warmup": -1}, "vae_warmup")):
+        with pytest.raises(ValueError, match=match):
+            LSGMLoss(**kw)
     with pytest.raises(TypeError, match="LSGM model"):
         LSGMLoss()(MLP(dim=64), x)
