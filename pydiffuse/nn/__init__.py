@@ -6,7 +6,7 @@ the ``Denoiser`` through which the samplers and the likelihoods call a model."""
 from .attention import SelfAttention2d
 from .classifier import NoisyClassifier
 from .denoiser import Denoiser
-from .gaussian_mixture import GaussianMixtureScore
+from .gaussian_mixture import GaussianMixtureScore, distance_to_truth, mixture_2d, mixture_8d
 from .lsgm import LSGM, MixedScore, build_lsgm
 from .mlp import MLP
 from .norm import AdaGroupNorm, GroupNorm
@@ -16,4 +16,4 @@ from .vae import ConvVAE
 
 __all__ = ["LSGM", "MLP", "PRESETS", "AdaGroupNorm", "ConvVAE", "Denoiser",
            "GaussianMixtureScore", "GroupNorm", "MixedScore", "NoisyClassifier", "SelfAttention2d",
-           "UNet", "build_lsgm", "create_model"]
+           "UNet", "build_lsgm", "create_model", "distance_to_truth", "mixture_2d", "mixture_8d"]

@@ -7,6 +7,8 @@ sum_k w_k N(a mu_k, C_k), C_k = a^2 Sigma_k + sigma^2 I, so
 
 and the eps, x0 (Tweedie: E[x_0 | x_t] = (x + sigma^2 grad log p_t) / a) and v predictions follow
 (``pydiffuse.predictions``). Computed in float64 through each Sigma_k = U diag(lambda) U^T.
+``mixture_2d`` / ``mixture_8d`` are the samplers' test oracles and ``distance_to_truth`` their
+sliced Wasserstein distance to exact draws (the tests and ``benchmarks/plot_samplers.py``).
 """
 
 import math
@@ -15,6 +17,7 @@ import torch
 
 from ..predictions import check_prediction, target_coefs
 from ..schedules import as_process
+from ..stats import sliced_wasserstein
 
 
 def _as_covariances(covs, k: int, d: int) -> torch.Tensor:
@@ -133,3 +136,28 @@ class GaussianMixtureScore(torch.nn.Module):
         root = self.eigvecs.cpu() * self.eigvals.cpu().sqrt()[:, None, :]    # U diag(sqrt lam)
         x = self.means.cpu()[comp] + torch.einsum("bdj,bj->bd", root[comp], z)
         return x.reshape(n, *self.event_shape).to(device=device, dtype=dtype)
+
+
+def mixture_2d(process=None, prediction: str = "score") -> GaussianMixtureScore:
+    """The samplers' 2-D oracle: three anisotropic components, unequal weights."""
+    means = torch.tensor([[-2.0, 0.0], [1.5, 1.5], [1.0, -2.0]])
+    covs = torch.tensor([[[0.30, 0.10], [0.10, 0.20]],
+                         [[0.15, 0.00], [0.00, 0.40]],
+                         [[0.25, -0.08], [-0.08, 0.25]]])
+    return GaussianMixtureScore(means, covs, [0.5, 0.3, 0.2], process=process,
+                                prediction=prediction)
+
+
+def mixture_8d(process=None, prediction: str = "score") -> GaussianMixtureScore:
+    """The samplers' 8-D oracle: two components with diagonal covariances."""
+    gen = torch.Generator().manual_seed(8)
+    means = torch.randn(2, 8, generator=gen) * 1.5
+    covs = 0.1 + 0.4 * torch.rand(2, 8, generator=gen)
+    return GaussianMixtureScore(means, covs, [0.6, 0.4], process=process, prediction=prediction)
+
+
+def distance_to_truth(samples: torch.Tensor, mixture: GaussianMixtureScore) -> float:
+    """SW_2 between samples and as many fresh exact draws of the mixture (inf if not finite)."""
+    if not torch.isfinite(samples).all():
+        return float("inf")
+    return sliced_wasserstein(samples, mixture.sample(len(samples), seed=12345))

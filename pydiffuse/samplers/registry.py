@@ -75,6 +75,15 @@ class Sampler:
             return self.adaptive
         return all(options.get(k, self.defaults[k]) == v for k, v in self.adaptive.items())
 
+    def is_stochastic(self, options: dict) -> bool:
+        """Whether a run with these keywords draws noise (a condition "eta > 0" on its option)."""
+        if isinstance(self.stochastic, bool):
+            return self.stochastic
+        key, op, bound = self.stochastic.split()
+        if op != ">":
+            raise ValueError(f"sampler {self.name!r}: cannot read stochastic={self.stochastic!r}")
+        return options.get(key, self.defaults[key]) > float(bound)
+
 
 SAMPLERS: dict = {}
 

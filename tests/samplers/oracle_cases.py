@@ -1,41 +1,13 @@
-"""The samplers' exact oracle: a 2-D and an 8-D Gaussian mixture, their true samples, and the
-sliced Wasserstein distance every sampler test compares against."""
+"""The samplers' exact oracle for the tests: the 2-D and 8-D mixtures and the distance to their
+truth (``pydiffuse.nn``, also read by ``benchmarks/plot_samplers.py``), the noise floor, a
+Gaussian's closed-form flow, and a sampler's distance on a mixture in one call."""
 
-import torch
-
-from pydiffuse.nn import GaussianMixtureScore
+from pydiffuse.nn import GaussianMixtureScore, distance_to_truth, mixture_2d, mixture_8d
 from pydiffuse.ops import randn
 from pydiffuse.stats import sliced_wasserstein
 
 NUM_SAMPLES = 2000
-
-
-def mixture_2d(process=None, prediction="score"):
-    """Three anisotropic components in 2-D, unequal weights."""
-    means = torch.tensor([[-2.0, 0.0], [1.5, 1.5], [1.0, -2.0]])
-    covs = torch.tensor([[[0.30, 0.10], [0.10, 0.20]],
-                         [[0.15, 0.00], [0.00, 0.40]],
-                         [[0.25, -0.08], [-0.08, 0.25]]])
-    return GaussianMixtureScore(means, covs, [0.5, 0.3, 0.2], process=process,
-                                prediction=prediction)
-
-
-def mixture_8d(process=None, prediction="score"):
-    """Two components in 8-D with diagonal covariances."""
-    gen = torch.Generator().manual_seed(8)
-    means = torch.randn(2, 8, generator=gen) * 1.5
-    covs = 0.1 + 0.4 * torch.rand(2, 8, generator=gen)
-    return GaussianMixtureScore(means, covs, [0.6, 0.4], process=process, prediction=prediction)
-
-
 MIXTURES = {"2d": mixture_2d, "8d": mixture_8d}
-
-
-def distance_to_truth(samples: torch.Tensor, mixture: GaussianMixtureScore) -> float:
-    """SW_2 between samples and as many fresh exact draws of the mixture."""
-    if not torch.isfinite(samples).all():
-        return float("inf")
-    return sliced_wasserstein(samples, mixture.sample(len(samples), seed=12345))
 
 
 def baseline_distance(mixture: GaussianMixtureScore, n: int = NUM_SAMPLES) -> float:

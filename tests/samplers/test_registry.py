@@ -83,6 +83,10 @@ def test_entries_call_their_function_and_read_its_signature():
     assert SAMPLERS["ode"].is_adaptive({}) and SAMPLERS["ode"].is_adaptive({"method": "rk45"})
     assert not SAMPLERS["ode"].is_adaptive({"method": "heun"})
     assert SAMPLERS["dpm_adaptive"].is_adaptive({})
+    assert not ddim.is_stochastic({}) and ddim.is_stochastic({"eta": 0.5})
+    assert SAMPLERS["euler_ancestral"].is_stochastic({}) and SAMPLERS["pc"].is_stochastic({})
+    assert not SAMPLERS["heun"].is_stochastic({"churn": 0.0})
+    assert SAMPLERS["heun"].is_stochastic({"churn": 1.0}) and not SAMPLERS["lms"].is_stochastic({})
     assert not any(SAMPLERS[n].is_adaptive({}) for n in SAMPLERS
                if n not in ("ode", "dpm_adaptive"))
 
