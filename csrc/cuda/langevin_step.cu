@@ -39,28 +39,39 @@ __device__ double2 block_sum(double2 v) {
   return {__shfl_sync(0xffffffffu, v.x, 0), __shfl_sync(0xffffffffu, v.y, 0)};
 }
 
-// partial[chunk] = (sum score^2, sum z^2) over the kReduceChunk elements of one chunk of a sample
-// (vectors never straddle samples here: kAccess is kVector or kScalar).
+// (sum score^2, sum z^2) over one thread's share of sample b: offsets m = first, first + stride,
+// ... below m_end, N elements from each (vectors never straddle samples here: kAccess is
+// kVector or kScalar).
+template <typename T, Access kAccess, NoiseMode kNoise>
+__device__ float2 thread_sum_squares(const LangevinArgs& a, int64_t b, int64_t first,
+                                     int64_t m_end, int64_t stride) {
+  constexpr int N = kWidth<T, kAccess>;
+  const Geometry& g = a.g;
+  const T* __restrict__ score = static_cast<const T*>(a.score);
+  float ss = 0.0f, zz = 0.0f;
+  for (int64_t m = first; m < m_end; m += stride) {
+    const int64_t i = b * g.per_sample + m;
+    float s[N], z[N];
+    load(score + i, s);
+    load_noise<kNoise, kAccess>(static_cast<const T*>(a.noise), a.rng, g, i,
+                                Lanes<N>::template from<false>(b, m, g.per_sample), z);
+#pragma unroll
+    for (int k = 0; k < N; ++k) ss += s[k] * s[k], zz += z[k] * z[k];
+  }
+  return {ss, zz};
+}
+
+// partial[chunk] = (sum score^2, sum z^2) over the kReduceChunk elements of one chunk of a sample.
 template <typename T, Access kAccess, NoiseMode kNoise>
 __global__ void __launch_bounds__(kThreads)
     sum_squares_kernel(const LangevinArgs a, int64_t chunks, double2* __restrict__ partial) {
   constexpr int N = kWidth<T, kAccess>;
   const Geometry& g = a.g;
-  const T* __restrict__ score = static_cast<const T*>(a.score);
   for (int64_t chunk = blockIdx.x; chunk < g.batch * chunks; chunk += gridDim.x) {
     const int64_t b = chunk / chunks, m_begin = (chunk - b * chunks) * kReduceChunk;
-    const int64_t m_end = min(m_begin + kReduceChunk, g.per_sample);
-    float ss = 0.0f, zz = 0.0f;
-    for (int64_t m = m_begin + threadIdx.x * N; m < m_end; m += kThreads * N) {
-      const int64_t i = b * g.per_sample + m;
-      float s[N], z[N];
-      load(score + i, s);
-      load_noise<kNoise, kAccess>(static_cast<const T*>(a.noise), a.rng, g, i,
-                                  Lanes<N>::template from<false>(b, m, g.per_sample), z);
-#pragma unroll
-      for (int k = 0; k < N; ++k) ss += s[k] * s[k], zz += z[k] * z[k];
-    }
-    const double2 total = block_sum({ss, zz});
+    const float2 sums = thread_sum_squares<T, kAccess, kNoise>(
+        a, b, m_begin + threadIdx.x * N, min(m_begin + kReduceChunk, g.per_sample), kThreads * N);
+    const double2 total = block_sum({sums.x, sums.y});
     if (threadIdx.x == 0) partial[chunk] = total;
   }
 }
@@ -73,23 +84,14 @@ __global__ void __launch_bounds__(kThreads)
     sum_squares_warp_kernel(const LangevinArgs a, double2* __restrict__ partial) {
   constexpr int N = kWidth<T, kAccess>;
   const Geometry& g = a.g;
-  const T* __restrict__ score = static_cast<const T*>(a.score);
   const int lane = threadIdx.x % 32;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
   // b is the same for the 32 lanes of a warp: they loop, and shuffle, together
   for (int64_t b = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) / 32;
        b < g.batch; b += warps) {
-    float ss = 0.0f, zz = 0.0f;
-    for (int64_t m = lane * N; m < g.per_sample; m += 32 * N) {
-      const int64_t i = b * g.per_sample + m;
-      float s[N], z[N];
-      load(score + i, s);
-      load_noise<kNoise, kAccess>(static_cast<const T*>(a.noise), a.rng, g, i,
-                                  Lanes<N>::template from<false>(b, m, g.per_sample), z);
-#pragma unroll
-      for (int k = 0; k < N; ++k) ss += s[k] * s[k], zz += z[k] * z[k];
-    }
-    double2 v{ss, zz};
+    const float2 sums =
+        thread_sum_squares<T, kAccess, kNoise>(a, b, lane * N, g.per_sample, 32 * N);
+    double2 v{sums.x, sums.y};
 #pragma unroll
     for (int offset = 16; offset > 0; offset /= 2) {
       v.x += __shfl_xor_sync(0xffffffffu, v.x, offset);
