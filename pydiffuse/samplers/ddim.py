@@ -62,8 +62,9 @@ def sample_ddim(model, x, process, *, steps: int = 50, eta: float = 0.0, predict
     Args:
         model: ``model(x, t)`` (t: [B] step indices) or a ``Denoiser``.
         x: x_T [B, ...]; process: the training ``DiscreteSchedule``.
-        steps: K model calls; spacing: "uniform", "quad", "leading", "trailing", "linspace"
-            (``steps_offset``, ``set_alpha_to_one`` as diffusers).
+        steps: K model calls; spacing: "uniform", "ddim_uniform" (ermongroup/ddim's, K or
+            more calls), "quad", "leading", "trailing", "linspace" (``steps_offset``,
+            ``set_alpha_to_one`` as diffusers).
         seed: the noise stream's seed (used when eta > 0).
         callback: callback({"i", "t", "x", "x0"}) after each step.
 

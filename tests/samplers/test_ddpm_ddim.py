@@ -12,6 +12,7 @@ import pydiffuse.samplers.ddpm as ddpm_module
 from pydiffuse import schedules
 from pydiffuse.ops import randn
 from pydiffuse.samplers import ddim_invert, sample_ddim, sample_ddpm
+from tests.samplers import plain_loops
 from tests.samplers.oracle_cases import MIXTURES, NUM_SAMPLES, distance_to_truth
 
 # SW_2 to fresh exact draws; the noise floor (baseline_distance) is 0.13 (2-D) and 0.14 (8-D),
@@ -161,6 +162,19 @@ def test_ddim_clip_recomputes_eps():
     eps = (x_T - a * x0) / s
     expect = ab_prev ** 0.5 * x0 + (1 - ab_prev) ** 0.5 * eps
     torch.testing.assert_close(seen[0], expect, rtol=1e-5, atol=1e-5)
+
+
+def test_ddim_uniform_spacing_is_ermongroup_ddim():
+    """spacing="ddim_uniform", steps=30: ermongroup/ddim's range(0, 1000, 33), 31 model calls,
+    as the plain DDIM loop over those positions."""
+    mix, positions, calls = MIXTURES["2d"](SCHED, "eps"), list(range(0, 1000, 1000 // 30)), []
+    x_T = _x_T(2, n=64)
+    ours = sample_ddim(mix, x_T, SCHED, steps=30, spacing="ddim_uniform",
+                       callback=lambda d: calls.append(d["t"]))
+    expect = plain_loops.ddim(mix, x_T, SCHED.alphas_cumprod[positions], positions,
+                              callback=lambda k, x: None)
+    assert [int(t[0]) for t in calls] == positions[::-1]
+    torch.testing.assert_close(ours, expect, rtol=0, atol=1e-5)
 
 
 def test_ddim_inversion_round_trip():
