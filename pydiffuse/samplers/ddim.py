@@ -95,11 +95,13 @@ def sample_ddim(model, x, process, *, steps: int = 50, eta: float = 0.0, predict
 
 
 def ddim_invert(model, x0, process, *, steps: int = 50, prediction: str = "eps",
-                spacing: str = "uniform", steps_offset: int = 0, callback=None, progress=False):
+                spacing: str = "uniform", steps_offset: int = 0, set_alpha_to_one: bool = True,
+                callback=None, progress=False):
     """Deterministic DDIM encoding x_0 -> x_T, the eta = 0 sampler run forwards:
 
     eps^ = the model's eps at (x, t_{i+1});  x_{i+1} = sqrt(ab_{i+1}) x0^ + sqrt(1 - ab_{i+1}) eps^,
-    x0^ = (x_i - sqrt(1 - ab_i) eps^) / sqrt(ab_i) (ab = 1 before the first step).
+    x0^ = (x_i - sqrt(1 - ab_i) eps^) / sqrt(ab_i) (ab = 1 before the first step, or alpha_bar_0
+    with set_alpha_to_one=False, as diffusers' DDIMInverseScheduler).
 
     Args:
         x0: data [B, ...]; the other arguments as ``sample_ddim``.
@@ -109,7 +111,7 @@ def ddim_invert(model, x0, process, *, steps: int = 50, prediction: str = "eps",
     """
     run = start("ddim_invert", model, x0, process, prediction=prediction, noise=False,
                 callback=callback, progress=progress, kinds=("discrete",))
-    sched = ddim_schedule(run.process, steps, spacing, steps_offset)
+    sched = ddim_schedule(run.process, steps, spacing, steps_offset, set_alpha_to_one)
     if run.den.classifier is not None:
         raise ValueError("ddim_invert does not take classifier guidance")
     ab, ab_prev = sched.alphas_cumprod, sched.alphas_cumprod_prev

@@ -216,6 +216,28 @@ def test_ddim_matches_diffusers(spacing, offset, alpha_to_one, prediction, clip)
     torch.testing.assert_close(ours, x, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("offset,alpha_to_one", [(1, False), (0, False), (0, True)])
+def test_ddim_invert_matches_diffusers(offset, alpha_to_one):
+    """ddim_invert with set_alpha_to_one as diffusers' DDIMInverseScheduler (leading spacing;
+    offset 1, False: Stable Diffusion's): False starts the first step from alpha_bar_0 rather
+    than 1. (eps models: diffusers reads a v or x0 output at the step's start level.)"""
+    diffusers = pytest.importorskip("diffusers")
+    sched = schedules.scaled_linear()
+    mix = MIXTURES["8d"](sched, "eps")
+    ref = diffusers.DDIMInverseScheduler(
+        num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+        beta_end=0.012, timestep_spacing="leading", steps_offset=offset, clip_sample=False,
+        set_alpha_to_one=alpha_to_one)
+    ref.set_timesteps(50)
+    x0 = mix.sample(256, seed=3)
+    x = x0.clone()
+    for t in ref.timesteps:
+        x = ref.step(mix(x, t.expand(len(x))), t, x).prev_sample
+    ours = ddim_invert(mix, x0, sched, steps=50, spacing="leading", steps_offset=offset,
+                       set_alpha_to_one=alpha_to_one)
+    torch.testing.assert_close(ours, x, rtol=0, atol=1e-4)
+
+
 @pytest.mark.parametrize("call,match", [
     (lambda m, x: sample_ddpm(m, x, SCHED, variance="learned"), "variance"),
     (lambda m, x: sample_ddpm(m, x, SCHED, steps=10, respacing="ddim10"), "steps or respacing"),
