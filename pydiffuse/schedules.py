@@ -25,7 +25,7 @@ from .ops import lincomb
 from .predictions import x0_coefs
 from .utils import per_sample
 
-SPACINGS = ("uniform", "quad", "leading", "trailing", "linspace")
+SPACINGS = ("uniform", "ddim_uniform", "quad", "leading", "trailing", "linspace")
 VARIANCES = ("fixed_small", "fixed_large", "learned_range")
 
 
@@ -140,7 +140,9 @@ class DiscreteSchedule:
     def subsequence(self, steps: int, spacing: str = "uniform", steps_offset: int = 0):
         """``steps`` positions (ascending) chosen by DDIM's or diffusers' spacing rules.
 
-        uniform: floor(i T / K); quad: floor(linspace(0, sqrt(0.8 T), K)^2) (Song et al. 2021;
+        uniform: floor(i T / K); ddim_uniform: range(0, T, T // K) (ermongroup/ddim's
+        skip_type "uniform": more than K positions when K does not divide T);
+        quad: floor(linspace(0, sqrt(0.8 T), K)^2) (Song et al. 2021;
         fewer than K when positions repeat, as in the reference for K > sqrt(0.8 T) + 1);
         leading: i (T // K) + steps_offset; trailing: round(T - i T / K) - 1;
         linspace: round(linspace(0, T - 1, K)) (diffusers' timestep_spacing).
@@ -153,6 +155,8 @@ class DiscreteSchedule:
         k = int(steps)
         if spacing == "uniform":
             pos = [i * n // k for i in range(k)]
+        elif spacing == "ddim_uniform":
+            pos = list(range(0, n, n // k))
         elif spacing == "quad":     # the reference's repeated positions are no-op steps: dropped
             pos = sorted({int(v) for v in torch.linspace(0, math.sqrt(0.8 * n), k,
                                                          dtype=torch.float64) ** 2})

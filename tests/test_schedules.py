@@ -197,6 +197,15 @@ def test_uniform_subsequence_has_exactly_steps_positions():
     assert schedules.linear(1000).subsequence(30) == [i * 1000 // 30 for i in range(30)]
 
 
+@pytest.mark.parametrize("steps", [1, 7, 30, 50, 333, 999, 1000])
+def test_ddim_uniform_subsequence_is_ddim_code(steps):
+    """ermongroup/ddim's skip_type "uniform": range(0, T, T // K), one more step than asked
+    when K does not divide T (30 -> 31, 333 -> 334, 999 -> 1000)."""
+    ref = list(range(0, 1000, 1000 // steps))
+    assert schedules.linear(1000).subsequence(steps, "ddim_uniform") == ref
+    assert (len(ref) > steps) == (1000 % steps != 0)
+
+
 @pytest.mark.parametrize("steps", [2, 5, 10, 20, 29, 50, 100])
 def test_quad_subsequence_is_ddim_code(steps):
     """DDIM's code: [int(s) for s in np.linspace(0, sqrt(0.8 T), K) ** 2] (repeats dropped)."""

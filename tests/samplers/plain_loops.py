@@ -79,16 +79,30 @@ def ald(score_model, x, sigmas, *, steps, step_lr, denoise=True, seed=0, callbac
     return x
 
 
-def pc(score_model, x, sde, *, eps, snr=0.16, n_corrector=1, denoise=True, seed=0,
-       callback=None):
+def pc(score_model, x, sde, *, eps, snr=0.16, n_corrector=1, denoise=True, mask=None,
+       known=None, seed=0, callback=None):
     """Predictor-corrector sampling (Song et al. 2021, Alg. 2-5, as the score_sde code runs it:
     at each t_i of linspace(1, eps, N) the Langevin corrector, then the reverse-diffusion
     predictor). Corrector: e = 2 alpha_i (snr |z| / |s|)^2 (norms of each sample, averaged over
     the batch), x <- x + e s + sqrt(2 e) z, alpha_i = 1 (VE) or 1 - beta_i (VP). Predictor on the
     SDE's own chain: VE x <- x + (sigma_i^2 - sigma_{i-1}^2) s + sqrt(sigma_i^2 -
     sigma_{i-1}^2) z; VP x <- (2 - sqrt(1 - beta_i)) x + beta_i s + sqrt(beta_i) z. The last
-    predictor returns its mean with ``denoise``."""
+    predictor returns its mean with ``denoise``. With ``mask`` (1 = known) and ``known``,
+    score_sde's ``pc_inpainter``: x starts as known * mask + x * (1 - mask) (the known part
+    clean), and after the correctors and after the predictor the known part becomes
+    mean(t) + std(t) z of the SDE's ``marginal_prob`` of ``known``."""
     n, k, ve = sde.N, 0, hasattr(sde, "discrete_sigmas")
+
+    def inpaint(x, t, k):
+        if ve:
+            mean, std = known, sde.sigma_min * (sde.sigma_max / sde.sigma_min) ** t
+        else:
+            log_mean = -0.25 * t ** 2 * (sde.beta_max - sde.beta_min) - 0.5 * t * sde.beta_min
+            mean, std = log_mean.exp() * known, (1 - (2 * log_mean).exp()).sqrt()
+        return x * (1 - mask) + (mean + std * _z(x, seed, k)) * mask
+
+    if mask is not None:
+        x = known * mask + x * (1 - mask)
     for i, t in enumerate(torch.linspace(1.0, eps, n, dtype=torch.float64)):
         j = int((t * (n - 1)).long())               # the chain's index of t (the reference's)
         if ve:
@@ -102,10 +116,16 @@ def pc(score_model, x, sde, *, eps, snr=0.16, n_corrector=1, denoise=True, seed=
             e = 2 * alpha * (snr * z.flatten(1).norm(dim=1).mean()
                              / s.flatten(1).norm(dim=1).mean()) ** 2
             x = x + e * s + (2 * e).sqrt() * z
+        if mask is not None:
+            k += 1
+            x = inpaint(x, t, k)
         k += 1
         s = score_model(x, _at(x, float(t)))
         mean = x + g2 * s if ve else (2 - (1 - g2).sqrt()) * x + g2 * s
         x = mean if denoise and i == n - 1 else mean + g2.sqrt() * _z(x, seed, k)
+        if mask is not None:
+            k += 1
+            x = inpaint(x, t, k)
         callback(i, x)
     return x
 

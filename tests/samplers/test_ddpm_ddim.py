@@ -12,6 +12,7 @@ import pydiffuse.samplers.ddpm as ddpm_module
 from pydiffuse import schedules
 from pydiffuse.ops import randn
 from pydiffuse.samplers import ddim_invert, sample_ddim, sample_ddpm
+from tests.samplers import plain_loops
 from tests.samplers.oracle_cases import MIXTURES, NUM_SAMPLES, distance_to_truth
 
 # SW_2 to fresh exact draws; the noise floor (baseline_distance) is 0.13 (2-D) and 0.14 (8-D),
@@ -163,6 +164,19 @@ def test_ddim_clip_recomputes_eps():
     torch.testing.assert_close(seen[0], expect, rtol=1e-5, atol=1e-5)
 
 
+def test_ddim_uniform_spacing_is_ermongroup_ddim():
+    """spacing="ddim_uniform", steps=30: ermongroup/ddim's range(0, 1000, 33), 31 model calls,
+    as the plain DDIM loop over those positions."""
+    mix, positions, calls = MIXTURES["2d"](SCHED, "eps"), list(range(0, 1000, 1000 // 30)), []
+    x_T = _x_T(2, n=64)
+    ours = sample_ddim(mix, x_T, SCHED, steps=30, spacing="ddim_uniform",
+                       callback=lambda d: calls.append(d["t"]))
+    expect = plain_loops.ddim(mix, x_T, SCHED.alphas_cumprod[positions], positions,
+                              callback=lambda k, x: None)
+    assert [int(t[0]) for t in calls] == positions[::-1]
+    torch.testing.assert_close(ours, expect, rtol=0, atol=1e-5)
+
+
 def test_ddim_inversion_round_trip():
     """ddim_invert then sample_ddim (eta = 0) recovers x0; the error shrinks with more steps."""
     mix = MIXTURES["2d"](SCHED, "eps")
@@ -199,6 +213,28 @@ def test_ddim_matches_diffusers(spacing, offset, alpha_to_one, prediction, clip)
                      use_clipped_model_output=True).prev_sample     # eps from the clipped x0
     ours = sample_ddim(mix, x_T, sched, steps=50, spacing=spacing, steps_offset=offset,
                        set_alpha_to_one=alpha_to_one, prediction=prediction, clip=clip)
+    torch.testing.assert_close(ours, x, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("offset,alpha_to_one", [(1, False), (0, False), (0, True)])
+def test_ddim_invert_matches_diffusers(offset, alpha_to_one):
+    """ddim_invert with set_alpha_to_one as diffusers' DDIMInverseScheduler (leading spacing;
+    offset 1, False: Stable Diffusion's): False starts the first step from alpha_bar_0 rather
+    than 1. (eps models: diffusers reads a v or x0 output at the step's start level.)"""
+    diffusers = pytest.importorskip("diffusers")
+    sched = schedules.scaled_linear()
+    mix = MIXTURES["8d"](sched, "eps")
+    ref = diffusers.DDIMInverseScheduler(
+        num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+        beta_end=0.012, timestep_spacing="leading", steps_offset=offset, clip_sample=False,
+        set_alpha_to_one=alpha_to_one)
+    ref.set_timesteps(50)
+    x0 = mix.sample(256, seed=3)
+    x = x0.clone()
+    for t in ref.timesteps:
+        x = ref.step(mix(x, t.expand(len(x))), t, x).prev_sample
+    ours = ddim_invert(mix, x0, sched, steps=50, spacing="leading", steps_offset=offset,
+                       set_alpha_to_one=alpha_to_one)
     torch.testing.assert_close(ours, x, rtol=0, atol=1e-4)
 
 

@@ -148,3 +148,45 @@ def test_classifier_guidance_samples_one_component(sampler, label):
     assert distance_to_truth(unguided, comp) > THRESHOLD
     torch.testing.assert_close(unguided, run(None), rtol=0, atol=1e-6)
     assert distance_to_truth(run(-1.0), comp) > THRESHOLD      # the wrong sign fails
+
+
+def _guided_diffusion_ddim(model, cond_fn, x, clip, eta, seed):
+    """openai/guided-diffusion's ddim_sample with cond_fn and clip_denoised, over POSITIONS:
+    p_mean_variance clips x0; condition_score shifts the eps of the clipped x0 by
+    -sqrt(1 - ab) cond_fn and recomputes x0 from it (unclipped); the step uses that x0 and its
+    eps."""
+    ab = SCHED.alphas_cumprod[POSITIONS]
+    ab_prev = torch.cat([torch.ones(1, dtype=torch.float64), ab[:-1]])
+    for k in range(STEPS):
+        i = STEPS - 1 - k
+        t = torch.full((len(x),), POSITIONS[i])
+        recip, recipm1 = (1 / ab[i]).sqrt().item(), (1 / ab[i] - 1).sqrt().item()
+        x0 = (recip * x - recipm1 * model(x, t)).clamp(-clip, clip)        # p_mean_variance
+        eps = (recip * x - x0) / recipm1                                   # condition_score
+        eps = eps - (1 - ab[i]).sqrt().item() * cond_fn(x, t)
+        x0 = recip * x - recipm1 * eps
+        eps = (recip * x - x0) / recipm1                                   # ddim_sample
+        sd = eta * ((1 - ab_prev[i]) / (1 - ab[i]) * (1 - ab[i] / ab_prev[i])).sqrt().item()
+        x = (ab_prev[i].sqrt().item() * x0 + (1 - ab_prev[i] - sd * sd).sqrt().item() * eps
+             + sd * randn(list(x.shape), seed, k + 1))
+    return x
+
+
+def test_guided_clipped_ddim_equals_guided_diffusion():
+    """Classifier guidance with clip, step for step as guided-diffusion orders it (clip x0, then
+    shift eps, x0 not clipped again); the other order (shift, then clip) is far from it."""
+    mix = MIXTURES["2d"](SCHED, "eps")
+    classifier, scale, labels = ExactClassifier(mix), 2.0, torch.arange(256) % 3
+
+    def cond_fn(x, t):
+        with torch.enable_grad():
+            x_in = x.detach().requires_grad_(True)
+            log_p = torch.log_softmax(classifier(x_in, t), -1)[torch.arange(len(x)), labels]
+            return scale * torch.autograd.grad(log_p.sum(), x_in)[0]
+
+    x_T = randn([256, 2], 3, 0)
+    den = Denoiser(mix, classifier=classifier, classifier_scale=scale, labels=labels)
+    ours = sample_ddim(den, x_T, SCHED, steps=STEPS, eta=0.5, clip=1.0, seed=7)
+    expect = _guided_diffusion_ddim(mix, cond_fn, x_T, 1.0, 0.5, 7)
+    torch.testing.assert_close(ours, expect, rtol=0, atol=1e-4)
+    assert (ours.abs() > 1.0).any()                  # the x0 shifted past the clip is kept

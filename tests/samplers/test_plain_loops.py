@@ -26,6 +26,9 @@ from . import plain_loops as plain
 from .oracle_cases import mixture_2d
 
 TOL = 2e-5
+# The VP inpainter's last level at its t = 1e-5: the predictor's x coefficient 1 - 1 / (N t)
+# (-3300) is held in float32 (issue 17, item 5): 8e-5 of the scale there, 3e-7 before it.
+CASE_TOL = {"pc inpaint vp": 1e-3}
 SEED, BATCH = 5, 16
 
 
@@ -97,6 +100,20 @@ def pc_case(kind, change):
                                          **{"eps": process.sampling_eps, "seed": SEED, **change})
 
 
+def pc_inpaint_case(kind, change):
+    """score_sde's pc_inpainter (its eps = 1e-5; no denoise: its x_mean keeps the predictor's
+    noise in the unknown part) at its one corrector step a level: coordinate 0 known."""
+    process = SDES[kind]()
+    model, x = Oracle(process, "score"), x_T(process)
+    mask = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    known = randn([BATCH, 2], SEED + 1, 0, dtype=torch.float64) * 0.5
+    options = {"denoise": False, "mask": mask, "known": known}
+    fused = plain.trajectory(SAMPLERS["pc"], model, x, process, prediction="score", seed=SEED,
+                             **options)
+    return fused, plain.plain_trajectory(plain.pc, model, x, process,
+                                         **{"eps": 1e-5, "seed": SEED, **options, **change})
+
+
 def discrete_case(name, change):
     """A DDPM eps model (the oracle at the chain's step index) on its chain's SDE: the sampler
     against the plain loop on score_sde's ``get_score_fn(continuous=False)``."""
@@ -153,6 +170,7 @@ CASES = {
     "ddim eta=0.5": partial(ddim_case, 0.5),
     "ald": ald_case,
     **{f"pc {kind}": partial(pc_case, kind) for kind in SDES},
+    **{f"pc inpaint {kind}": partial(pc_inpaint_case, kind) for kind in SDES},
     "pc ddpm model": partial(discrete_case, "pc"),
     "ode heun ddpm model": partial(discrete_case, "ode"),
     **{f"ode {method} {kind}": partial(ode_case, kind, method)
@@ -169,7 +187,7 @@ def test_fused_sampler_follows_the_paper_step_by_step(case):
     with backend("reference"):
         fused, loop = CASES[case]({})
     assert len(fused) == len(loop) > 1 and fused[0].dtype == torch.float64
-    assert plain.step_difference(fused, loop) < TOL
+    assert plain.step_difference(fused, loop) < CASE_TOL.get(case, TOL)
 
 
 def test_every_paper_sampler_has_its_plain_loop():
@@ -186,6 +204,7 @@ def test_every_paper_sampler_has_its_plain_loop():
     ("ald", {"step_lr": 1.01e-3}),
     ("pc vp", {"snr": 0.17}),
     ("pc ve", {"n_corrector": 2}),
+    ("pc inpaint vp", {"eps": 1e-3}),
     ("ode heun vp", {"method": "euler"}),
     ("heun ve", {"heun": False}),
     ("euler vp churn", {"s_noise": 1.01}),
