@@ -47,19 +47,14 @@ import dataclasses
 import inspect
 
 import torch
+from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
+from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
+from diffusers.utils.torch_utils import randn_tensor
 
-try:
-    from diffusers import DDIMScheduler, DDPMScheduler
-    from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
-    from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
-    from diffusers.utils.torch_utils import randn_tensor
-except ImportError as err:
-    raise ImportError("pydiffuse.compat.diffusers needs diffusers: pip install diffusers "
-                      "(or pip install 'pydiffuse[diffusers]')") from err
-
-from ..ops import StepCoefs, lincomb, sample_step
-from ..predictions import eps_coefs, x0_coefs
-from ..schedules import DiscreteSchedule, from_betas
+from ...ops import StepCoefs, lincomb, sample_step
+from ...predictions import eps_coefs, x0_coefs
+from ...schedules import DiscreteSchedule, from_betas
 
 __all__ = ["FusedDDIMScheduler", "FusedDDPMScheduler", "schedule_from_diffusers"]
 
