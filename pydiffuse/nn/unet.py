@@ -6,9 +6,10 @@ import functools
 import torch
 from torch import nn
 
+from .diffusers_layout import unet_kwargs, unet_state_dict
 from .blocks import (AttentionBlock, ConditionEmbedding, Downsample, EmbedSequential, ResBlock,
                      Upsample, check_output_scale, check_time, zero_init)
-from .norm import GroupNorm
+from .norm import AdaGroupNorm, GroupNorm
 
 
 def attention_factors(image_size: int, attention_resolutions, levels: int) -> set:
@@ -184,3 +185,23 @@ class UNet(nn.Module):
         if self.output_scale == "inv_sigma":
             out = out / t.to(out.dtype)[:, None, None, None]
         return out
+
+    @classmethod
+    def from_diffusers(cls, model, state_dict=None) -> "UNet":
+        """The ``UNet`` computing what a diffusers ``UNet2DModel`` computes, on the same weights
+        (shared tensors; q/k/v concatenated): ``model(x, t)`` equals ``theirs(x, t).sample``
+        within float error. Blocks DownBlock2D / AttnDownBlock2D / UpBlock2D / AttnUpBlock2D
+        (the DDPM and ADM-style layouts, "default" or "scale_shift" time embedding); any other
+        block type or setting is a ValueError naming it (``diffusers_layout.REQUIRED``).
+
+        Args:
+            model: a ``UNet2DModel``, or its config (a dict) with ``state_dict``, its weights.
+        """
+        config = model if state_dict is not None else model.config
+        weights = state_dict if state_dict is not None else model.state_dict()
+        unet = cls(**unet_kwargs(config))
+        unet.load_state_dict(unet_state_dict(config, weights))
+        for module in unet.modules():
+            if isinstance(module, (GroupNorm, AdaGroupNorm)):
+                module.eps = config.get("norm_eps", 1e-5)
+        return unet.to(next(iter(weights.values())).device)
