@@ -13,6 +13,7 @@ from torch import nn
 
 from ...ops import unsupported_reason
 from .attention import FusedAttnProcessor, attention_unfusable, head_dim
+from .convolutions import PackedConv2d, conv_unfusable
 from .norms import FoldedSiLU, FusedGroupNormSiLU, FusedResnetBlock2D, resnet_unfusable
 from .schedulers import FusedDDIMScheduler, FusedDDPMScheduler
 
@@ -44,8 +45,8 @@ class _Record:
     processors: list  # (Attention, its processor before fuse)
 
 
-def fuse(obj, *, norms: bool = True, attention: bool = True, scheduler: bool = True,
-         return_report: bool = False):
+def fuse(obj, *, norms: bool = True, attention: bool = True, convolutions: bool = True,
+         scheduler: bool = True, return_report: bool = False):
     """Runs a diffusers ``UNet2DModel`` / ``UNet2DConditionModel``, or a ``DiffusionPipeline``
     whose ``unet`` is one (``DDPMPipeline``, ``DDIMPipeline``, ``StableDiffusionPipeline``, ...),
     on pydiffuse's fused ops, in place:
@@ -55,6 +56,9 @@ def fuse(obj, *, norms: bool = True, attention: bool = True, scheduler: bool = T
       ``group_norm(..., act="silu")`` pass each;
     - ``attention``: every ``Attention`` with diffusers' ``AttnProcessor2_0`` (self- and
       cross-attention) gets a ``FusedAttnProcessor`` (``Attention.set_processor``);
+    - ``convolutions``: on the CPU, every ``Conv2d`` runs oneDNN on weights reordered once
+      (``PackedConv2d``: channels_last activations, each ResNet block's residual added in its last
+      convolution) when no gradient is tracked;
     - ``scheduler``: a pipeline's ``DDPMScheduler`` / ``DDIMScheduler`` becomes
       ``FusedDDPMScheduler`` / ``FusedDDIMScheduler`` of the same config (equal steps, noise
       from the pipeline's ``generator`` as diffusers draws it; without one, pydiffuse's noise
@@ -87,11 +91,14 @@ def fuse(obj, *, norms: bool = True, attention: bool = True, scheduler: bool = T
         _fuse_norms(unet, record, report)
     if attention:
         _fuse_attention(unet, record, report)
+    if convolutions:
+        _fuse_convolutions(unet, record, report)
     if scheduler and pipeline is not None:
         _fuse_scheduler(pipeline, report)
     if not report.fused:
         raise ValueError(f"nothing in this {type(obj).__name__} can be fused "
-                         f"(norms={norms}, attention={attention}, scheduler={scheduler}); "
+                         f"(norms={norms}, attention={attention}, convolutions={convolutions}, "
+                         f"scheduler={scheduler}); "
                          + "; ".join(f"{k}: {v}" for k, v in report.unfused.items()))
     setattr(unet, _RECORD, record)
     if return_report:
@@ -164,6 +171,20 @@ def _fuse_attention(unet, record: _Record, report: FuseReport) -> None:
         kind = "cross" if module.is_cross_attention else "self"
         report.fused[name] = f"{kind}-attention (+ its GroupNorm)" if module.group_norm \
             is not None else f"{kind}-attention"
+
+
+def _fuse_convolutions(unet, record: _Record, report: FuseReport) -> None:
+    device = next(unet.parameters()).device
+    for name, module in unet.named_modules():
+        if not isinstance(module, nn.Conv2d):
+            continue
+        why = (f"on {device.type}: torch's convolution" if device.type != "cpu"
+               else conv_unfusable(module))
+        if why:
+            report.unfused[name] = why
+        else:
+            _swap(module, PackedConv2d, record)
+            report.fused[name] = "Conv2d on prepacked oneDNN weights"
 
 
 def _fuse_scheduler(pipeline, report: FuseReport) -> None:

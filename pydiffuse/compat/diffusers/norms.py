@@ -7,6 +7,7 @@ from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
 from ...ops import group_norm, unsupported_reason
+from .convolutions import PackedConv2d
 
 
 def norm_silu(norm: nn.GroupNorm, x, scale=None, shift=None):
@@ -23,6 +24,8 @@ class FusedResnetBlock2D(ResnetBlock2D):
         h = SiLU(GN2(h + proj(e)))                       # time_embedding_norm "default"
         h = SiLU(GN2(h) (1 + s) + b), (s, b) = proj(e)   # "scale_shift": the op's AdaGN
         out = (shortcut(x) + conv2(dropout(h))) / output_scale_factor
+
+    (the residual added in conv2's epilogue when it is a ``PackedConv2d``).
     """
 
     def forward(self, input_tensor, temb, *args, **kwargs):
@@ -45,10 +48,12 @@ class FusedResnetBlock2D(ResnetBlock2D):
             h = norm_silu(self.norm2, h, scale, shift)
         else:
             h = norm_silu(self.norm2, h if temb is None else h + temb[:, :, None, None])
-        h = self.conv2(self.dropout(h))
+        h = self.dropout(h)
         if self.conv_shortcut is not None:
             x = self.conv_shortcut(x.contiguous() if self.training else x)
-        return (x + h) / self.output_scale_factor
+        out = self.conv2(h, residual=x) if isinstance(self.conv2, PackedConv2d) else \
+            x + self.conv2(h)
+        return out if self.output_scale_factor == 1 else out / self.output_scale_factor
 
 
 def resnet_unfusable(block: ResnetBlock2D) -> str:
