@@ -8,8 +8,8 @@ DOWN = {"DownBlock2D": False, "AttnDownBlock2D": True}  # block type -> has atte
 UP = {"UpBlock2D": False, "AttnUpBlock2D": True}
 # config key -> the values UNet expresses (diffusers' defaults among them)
 REQUIRED = {
-    "time_embedding_type": ("positional",), "freq_shift": (0,), "center_input_sample": (False,),
-    "act_fn": ("silu",), "downsample_padding": (1,), "downsample_type": ("conv",),
+    "time_embedding_type": ("positional",), "center_input_sample": (False,),
+    "act_fn": ("silu",), "downsample_padding": (0, 1), "downsample_type": ("conv",),
     "upsample_type": ("conv",), "add_attention": (True,),
     "class_embed_type": (None,), "num_class_embeds": (None,), "mid_block_scale_factor": (1,),
     "resnet_time_scale_shift": ("default", "scale_shift"),
@@ -60,7 +60,9 @@ def unet_kwargs(config) -> dict:
                 attention_resolutions=tuple(size // 2 ** i for i, a in enumerate(attn) if a),
                 num_heads=1, head_channels=head,
                 dropout=config.get("dropout", 0.0),
-                scale_shift=scale_shift, learned_sigma=out_ch == 2 * in_ch, num_groups=groups)
+                scale_shift=scale_shift, learned_sigma=out_ch == 2 * in_ch, num_groups=groups,
+                norm_eps=config.get("norm_eps", 1e-5), freq_shift=config.get("freq_shift", 0),
+                downsample_padding=config.get("downsample_padding", 1))
 
 
 def unet_state_dict(config, weights: dict) -> dict:

@@ -12,10 +12,12 @@ diffusers = pytest.importorskip("diffusers")
 
 import pydiffuse  # noqa: E402
 from pydiffuse.nn import UNet  # noqa: E402
+from pydiffuse.nn.blocks import Downsample  # noqa: E402
 
 CONFIGS = {
-    # the DDPM CIFAR-10 layout (google/ddpm-cifar10-32), narrower
-    "ddpm": dict(block_out_channels=(16, 32, 32, 32), norm_num_groups=8,
+    # google/ddpm-cifar10-32's config (TensorFlow DDPM's sinusoid and padding), narrower
+    "ddpm": dict(block_out_channels=(16, 32, 32, 32), norm_num_groups=8, attention_head_dim=None,
+                 flip_sin_to_cos=False, freq_shift=1, downsample_padding=0, norm_eps=1e-6,
                  down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D",
                                    "DownBlock2D"),
                  up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D")),
@@ -60,8 +62,9 @@ def test_same_outputs_as_diffusers(name):
 @pytest.mark.parametrize("overrides, message", [
     (dict(down_block_types=("SkipDownBlock2D", "DownBlock2D", "DownBlock2D", "DownBlock2D")),
      "block type 'SkipDownBlock2D'"),
-    (dict(freq_shift=1), "freq_shift=1"),
-    (dict(downsample_padding=0), "downsample_padding=0"),
+    (dict(time_embedding_type="fourier"), "time_embedding_type='fourier'"),
+    (dict(center_input_sample=True), "center_input_sample=True"),
+    (dict(downsample_padding=2), "downsample_padding=2"),
     (dict(up_block_types=("UpBlock2D",) * 4), "mirroring down_block_types"),
     (dict(resnet_time_scale_shift="scale_shift"), "middle attention has a GroupNorm"),
 ])
@@ -91,3 +94,8 @@ def test_load_reads_a_diffusers_pipeline_folder(tmp_path):
     with pytest.raises(ValueError, match="a diffusers VQModel; pydiffuse.load reads "
                                          "UNet2DModel folders"):
         pydiffuse.load(tmp_path)
+
+
+def test_downsample_padding_is_checked():
+    with pytest.raises(ValueError, match="padding must be 0 or 1, got 2"):
+        Downsample(4, padding=2)
