@@ -21,16 +21,18 @@ UNIT_SCALE, SIGMA_SCALE = 999.0, 100.0
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0,
-                       freq_shift: float = 0.0) -> torch.Tensor:
+                       freq_shift: float = 0.0, sin_first: bool = False) -> torch.Tensor:
     """The sinusoidal embedding of the Transformer (Vaswani et al. 2017) used by DDPM and ADM:
     [cos(t f_k), sin(t f_k)] with f_k = max_period^(-k / (dim / 2 - freq_shift)),
-    k = 0 .. dim/2 - 1 (ADM's order; a zero column pads an odd dim; freq_shift 1 is the DDPM
-    TensorFlow code's, diffusers' ``freq_shift``).
+    k = 0 .. dim/2 - 1 (ADM's order; [sin, cos] with ``sin_first``, the DDPM TensorFlow code's,
+    whose freq_shift is 1: diffusers' ``flip_sin_to_cos=False, freq_shift=1``; a zero column pads
+    an odd dim).
 
     Args:
         t: [B] (float) positions.
         dim: the embedding's width.
         freq_shift: subtracted from dim / 2 in the exponent.
+        sin_first: the sines first.
 
     Returns:
         [B, dim] float32.
@@ -39,7 +41,8 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0,
     freqs = torch.exp(-math.log(max_period) / (half - freq_shift)
                       * torch.arange(half, dtype=torch.float32, device=t.device))
     args = t.float()[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+    emb = torch.cat([torch.sin(args), torch.cos(args)] if sin_first
+                    else [torch.cos(args), torch.sin(args)], dim=1)
     return F.pad(emb, (0, dim % 2))
 
 
@@ -58,21 +61,21 @@ class ConditionEmbedding(nn.Module):
         emb_dim: width of the output.
         time_input: "index", "unit", "sigma" or None.
         num_classes: classes of the conditioning labels (plus the null label), or None.
-        freq_shift: of the sinusoid (``timestep_embedding``).
+        freq_shift, sin_first: of the sinusoid (``timestep_embedding``).
 
     ``forward(t, y, batch)`` returns SiLU(time embedding + class embedding) [B, emb_dim] (every
     block's embedding Linear starts with this SiLU in ADM), or None when there is neither.
     """
 
     def __init__(self, channels: int, emb_dim: int, time_input="index", num_classes=None,
-                 freq_shift: float = 0.0):
+                 freq_shift: float = 0.0, sin_first: bool = False):
         super().__init__()
         if time_input not in TIME_INPUTS:
             raise ValueError(f"time_input must be one of {TIME_INPUTS}, got {time_input!r}")
         if num_classes is not None and (isinstance(num_classes, bool) or num_classes < 1):
             raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
         self.channels, self.time_input, self.num_classes = channels, time_input, num_classes
-        self.freq_shift = freq_shift
+        self.freq_shift, self.sin_first = freq_shift, sin_first
         self.time_mlp = None if time_input is None else nn.Sequential(
             nn.Linear(channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.label_emb = None if num_classes is None else nn.Embedding(num_classes + 1, emb_dim)
@@ -92,7 +95,8 @@ class ConditionEmbedding(nn.Module):
                 t = UNIT_SCALE * t
             elif self.time_input == "sigma":
                 t = SIGMA_SCALE * torch.log(t)
-            emb = self.time_mlp(timestep_embedding(t, self.channels, freq_shift=self.freq_shift))
+            emb = self.time_mlp(timestep_embedding(t, self.channels, freq_shift=self.freq_shift,
+                                                   sin_first=self.sin_first))
         if y is None and self.label_emb is not None:
             raise ValueError(f"this model is class-conditional: pass y, [B] long labels in "
                              f"[0, {self.num_classes}] ({self.num_classes} = the null label)")

@@ -6,7 +6,7 @@ import functools
 import torch
 from torch import nn
 
-from .diffusers_layout import unet_kwargs, unet_state_dict
+from .diffusers_layout import diffusers_config, diffusers_state_dict, unet_kwargs, unet_state_dict
 from .blocks import (AttentionBlock, ConditionEmbedding, Downsample, EmbedSequential, ResBlock,
                      Upsample, check_output_scale, check_time, zero_init)
 from .norm import GroupNorm
@@ -131,7 +131,7 @@ class UNet(nn.Module):
         num_groups: groups of every GroupNorm.
         skip_scale: residual outputs times 1/sqrt(2) (BigGAN, NCSN++).
         norm_eps: eps of every GroupNorm.
-        freq_shift: of the time sinusoid (1 in the DDPM TensorFlow models).
+        freq_shift, sin_first: of the time sinusoid (1 and True in the DDPM TensorFlow models).
         downsample_padding: 1, or 0 (the DDPM TensorFlow models: see ``Downsample``).
 
     ``forward(x [B, C, H, W], t [B] (or a scalar), y [B] long or None)`` returns [B, C or 2C, H, W].
@@ -144,13 +144,16 @@ class UNet(nn.Module):
                  conv_resample: bool = True, num_classes=None, learned_sigma: bool = False,
                  time_input="index", output_scale=None, num_groups: int = 32,
                  skip_scale: bool = False, norm_eps: float = 1e-5, freq_shift: float = 0.0,
-                 downsample_padding: int = 1):
+                 sin_first: bool = False, downsample_padding: int = 1):
+        init_kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()
+        self.init_kwargs = init_kwargs  # the keywords above, for to_diffusers
         check_output_scale(output_scale, time_input, learned_sigma)
         self.image_size, self.in_channels = image_size, in_channels
         self.learned_sigma, self.output_scale = learned_sigma, output_scale
         self.embed = ConditionEmbedding(model_channels, 4 * model_channels, time_input,
-                                        num_classes, freq_shift=freq_shift)
+                                        num_classes, freq_shift=freq_shift,
+                                        sin_first=sin_first)
         attention_ds = attention_factors(image_size, attention_resolutions, len(channel_mult))
         enc = self.encoder = UNetEncoder(
             in_channels, model_channels, channel_mult, num_res_blocks, attention_ds,
@@ -210,3 +213,14 @@ class UNet(nn.Module):
         unet = cls(**unet_kwargs(config))
         unet.load_state_dict(unet_state_dict(config, weights))
         return unet.to(next(iter(weights.values())).device)
+
+    def to_diffusers(self):
+        """The diffusers ``UNet2DModel`` computing what this UNet computes (the inverse of
+        ``from_diffusers``; needs diffusers): a ValueError names a setting it has no counterpart
+        of (BigGAN up/down blocks, class labels, a time input other than "index", ...)."""
+        import diffusers  # an optional dependency, only here
+
+        config = diffusers_config(self.init_kwargs)
+        model = diffusers.UNet2DModel(**config)
+        model.load_state_dict(diffusers_state_dict(config, self.state_dict()))
+        return model.to(next(self.parameters()).device)

@@ -99,3 +99,35 @@ def test_load_reads_a_diffusers_pipeline_folder(tmp_path):
 def test_downsample_padding_is_checked():
     with pytest.raises(ValueError, match="padding must be 0 or 1, got 2"):
         Downsample(4, padding=2)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_to_diffusers_round_trip_is_exact(name):
+    model = theirs(name)
+    back = UNet.from_diffusers(model).to_diffusers().eval()
+    state, original = back.state_dict(), model.state_dict()
+    assert list(state) == list(original)
+    assert all(torch.equal(state[k], original[k]) for k in state)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(back(x, T).sample, model(x, T).sample)
+
+
+def test_to_diffusers_of_a_pydiffuse_unet():
+    torch.manual_seed(0)
+    ours = UNet(image_size=16, model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                attention_resolutions=(8,), head_channels=8, num_groups=8,
+                scale_shift=True).eval()
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    model = ours.to_diffusers().eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert rel(model(x, T).sample, ours(x, T)) < 1e-5
+    with pytest.raises(ValueError, match="no counterpart of UNet's resblock_updown=True"):
+        UNet(image_size=16, model_channels=16, channel_mult=(1, 2), num_groups=8,
+             resblock_updown=True).to_diffusers()
+    with pytest.raises(ValueError, match="not num_heads=2: give head_channels"):
+        UNet(image_size=16, model_channels=16, channel_mult=(1, 2), num_groups=8,
+             num_heads=2).to_diffusers()
