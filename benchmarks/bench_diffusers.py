@@ -7,14 +7,16 @@ run (random weights, nothing downloaded), float32:
 - one forward of a small ``UNet2DConditionModel`` (SD-style blocks, 4 x 32 x 32 latents, batch 2,
   a 77-token text context);
 
-each as diffusers eager, diffusers + ``torch.compile``, fused, fused + ``torch.compile``: the
+each as diffusers eager, diffusers + ``torch.compile``, fused, fused + ``torch.compile`` (on
+``--device`` in ``--dtype``; the convolutions fused on the CPU in float32 only): the
 median of interleaved rounds (every variant once per round, the compiled ones compiled before),
 images/s, speedups against eager and against compile, the largest difference of the outputs
 from eager's, and (``--profile``) the share of eager's and fused's time in convolutions and
 matmuls (what fusing the norms and attention cannot touch). Benchmarks print; they never assert.
 
     PYTHONPATH=. python benchmarks/bench_diffusers.py [--quick] [--no-compile] [--profile]
-        [--steps 50] [--batch 8] [--rounds 3] [--threads N] [--json FILE]
+        [--steps 50] [--batch 8] [--rounds 3] [--threads N] [--device cpu|cuda]
+        [--dtype float32|bfloat16|float16] [--json FILE]
 """
 
 import argparse
@@ -54,34 +56,36 @@ def _variants(model, compile_: bool) -> dict:
     return {name: out[name] for name in VARIANTS if name in out}
 
 
-def _pipeline_case(steps: int, batch: int, compile_: bool):
+def _pipeline_case(steps: int, batch: int, compile_: bool, device, dtype):
     torch.manual_seed(0)
-    unet = UNet2DModel(**CIFAR10).eval()
+    unet = UNet2DModel(**CIFAR10).eval().to(device, dtype)
     pipes = {}
     for name, model in _variants(unet, compile_).items():
         # the fused rows with the fused step too, as fuse(pipeline) sets it
         scheduler = (FusedDDIMScheduler if name.startswith("fused") else DDIMScheduler)(
             num_train_timesteps=1000)
-        pipe = DDIMPipeline(unet=model, scheduler=scheduler)
+        pipe = DDIMPipeline(unet=model, scheduler=scheduler).to(device)
         pipe.set_progress_bar_config(disable=True)
         pipes[name] = pipe
 
     def runner(pipe):
         def run():
-            return torch.from_numpy(pipe(batch_size=batch, num_inference_steps=steps, eta=0.0,
-                                         generator=torch.Generator().manual_seed(0),
-                                         output_type="np").images)
+            return pipe(batch_size=batch, num_inference_steps=steps, eta=0.0,
+                        generator=torch.Generator().manual_seed(0), output_type="pt").images
         return run
 
-    forward_args = (torch.randn(batch, 3, 32, 32), torch.tensor(500))
+    forward_args = (torch.randn(batch, 3, 32, 32, device=device, dtype=dtype),
+                    torch.tensor(500, device=device))
     return {n: runner(p) for n, p in pipes.items()}, batch, (unet, pipes["fused"].unet,
                                                              forward_args)
 
 
-def _conditional_case(batch: int, compile_: bool):
+def _conditional_case(batch: int, compile_: bool, device, dtype):
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(**SMALL_SD).eval()
-    args = (torch.randn(batch, 4, 32, 32), torch.tensor(500), torch.randn(batch, 77, 256))
+    unet = UNet2DConditionModel(**SMALL_SD).eval().to(device, dtype)
+    args = (torch.randn(batch, 4, 32, 32, device=device, dtype=dtype),
+            torch.tensor(500, device=device),
+            torch.randn(batch, 77, 256, device=device, dtype=dtype))
     models = _variants(unet, compile_)
 
     def runner(model):
@@ -106,35 +110,41 @@ def _share(model, args) -> float:
     return heavy / total
 
 
-def _time(runners: dict, rounds: int) -> tuple[dict, dict, dict]:
+def _time(runners: dict, rounds: int, device) -> tuple[dict, dict, dict]:
     """(name -> seconds per round, first-call seconds, outputs)."""
+    def timed(fn):
+        start = time.perf_counter()
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return out, time.perf_counter() - start
+
     first, outputs = {}, {}
     for name, fn in runners.items():  # warm-up; torch.compile compiles here
-        start = time.perf_counter()
-        outputs[name] = fn()
-        first[name] = time.perf_counter() - start
+        outputs[name], first[name] = timed(fn)
     times = {name: [] for name in runners}
     for _ in range(rounds):
         for name, fn in runners.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(timed(fn)[1])
     return times, first, outputs
 
 
-def run(quick=False, steps=None, batch=None, rounds=None, compile_=True, profile=False) -> dict:
+def run(quick=False, steps=None, batch=None, rounds=None, compile_=True, profile=False,
+        device="cpu", dtype="float32") -> dict:
+    device, torch_dtype = torch.device(device), getattr(torch, dtype)
     steps = steps or (5 if quick else 50)
     batch = batch or (2 if quick else 8)
     rounds = rounds or (2 if quick else 3)
     report = {"machine": bench.machine_info(), "steps": steps, "batch": batch, "rounds": rounds,
-              "cases": {}}
+              "device": str(device), "dtype": dtype, "cases": {}}
     cases = {f"DDIMPipeline cifar10 ({steps} steps, batch {batch})":
-             _pipeline_case(steps, batch, compile_),
-             "UNet2DConditionModel forward (batch 2, 77 tokens)": _conditional_case(2, compile_)}
+             _pipeline_case(steps, batch, compile_, device, torch_dtype),
+             "UNet2DConditionModel forward (batch 2, 77 tokens)":
+             _conditional_case(2, compile_, device, torch_dtype)}
     for case, (runners, images, (eager, fused, args)) in cases.items():
         load = bench.OtherLoad()
         with load:
-            times, first, outputs = _time(runners, rounds)
+            times, first, outputs = _time(runners, rounds, device)
         ms = {n: 1e3 * statistics.median(t) for n, t in times.items()}
         rows = []
         for name in runners:
@@ -144,10 +154,11 @@ def run(quick=False, steps=None, batch=None, rounds=None, compile_=True, profile
                          "x_eager": ms["diffusers eager"] / ms[name],
                          "x_compile": (ms["diffusers + compile"] / ms[name]
                                        if "diffusers + compile" in ms else None),
-                         "max_abs_diff_vs_eager": (outputs[name] - outputs["diffusers eager"])
+                         "max_abs_diff_vs_eager": (outputs[name].float()
+                                                   - outputs["diffusers eager"].float())
                          .abs().max().item()})
         entry = {"rows": rows, "other_cpu_load": load.value}
-        if profile:
+        if profile and device.type == "cpu":
             entry["conv_matmul_share"] = {"diffusers eager": _share(eager, args),
                                           "fused": _share(fused, args)}
         report["cases"][case] = entry
@@ -156,9 +167,11 @@ def run(quick=False, steps=None, batch=None, rounds=None, compile_=True, profile
 
 def format_report(report: dict) -> str:
     m = report["machine"]
-    lines = [f"pydiffuse {m['pydiffuse']}, diffusers models fused vs not on {m['cpu']} "
-             f"({m['cpu_count']} cores, {m['torch_threads']} torch threads), torch {m['torch']}, "
-             f"{m['date']}; float32, median of {report['rounds']} interleaved rounds"]
+    where = (m["gpu"] if report["device"].startswith("cuda") else
+             f"{m['cpu']} ({m['cpu_count']} cores, {m['torch_threads']} torch threads)")
+    lines = [f"pydiffuse {m['pydiffuse']}, diffusers models fused vs not on {where}, torch "
+             f"{m['torch']}, {m['date']}; {report['dtype']}, median of {report['rounds']} "
+             "interleaved rounds"]
     header = ("variant", "median ms", "min ms", "images/s", "x eager", "x compile",
               "first call s", "max |diff| vs eager")
     for case, entry in report["cases"].items():
@@ -189,6 +202,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int)
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--threads", type=int, help="torch.set_num_threads")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled rows")
     parser.add_argument("--profile", action="store_true",
                         help="share of convolutions and matmuls in one forward")
@@ -197,7 +212,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     report = run(args.quick, args.steps, args.batch, args.rounds, not args.no_compile,
-                 args.profile)
+                 args.profile, args.device, args.dtype)
     print(format_report(report))
     if args.json:
         bench.write_json(report, args.json)
