@@ -21,6 +21,7 @@ from diffusers.models.attention_processor import AttnProcessor  # noqa: E402
 from pydiffuse.compat.diffusers import (FusedDDIMScheduler, FusedDDPMScheduler,  # noqa: E402
                                         FuseReport, fuse, unfuse)
 from pydiffuse.compat.diffusers.attention import FusedAttnProcessor  # noqa: E402
+from pydiffuse.compat.diffusers.convolutions import conv2d_packed  # noqa: E402
 from pydiffuse.ops import backend  # noqa: E402
 from pydiffuse.ops._dispatch import unavailable_reason  # noqa: E402
 
@@ -268,7 +269,16 @@ def test_torch_compile_fullgraph():
     args = inputs(model)
     expected = run(model, args)
     compiled = torch.compile(model, fullgraph=True, backend="eager")
-    assert rel(run(compiled, args), expected) < 1e-5  # traced: torch's own convolutions
+    assert torch.equal(run(compiled, args), expected)  # the same kernels, traced
+
+
+def test_packed_convolution_op():
+    x = torch.randn(2, 5, 9, 7)
+    weight, bias, residual = torch.randn(6, 5, 3, 3), torch.randn(6), torch.randn(2, 6, 5, 4)
+    args = (x, weight, bias, residual, [1, 1], [2, 2], [1, 1], 1)
+    expected = torch.nn.functional.conv2d(x, weight, bias, stride=2, padding=1) + residual
+    torch.testing.assert_close(conv2d_packed(*args), expected, atol=1e-5, rtol=1e-5)
+    torch.library.opcheck(conv2d_packed, args)
 
 
 def test_packed_convolutions_follow_weight_changes_and_gradients():
