@@ -126,6 +126,14 @@ def test_unfuse_restores_bits_and_state_dict_is_unchanged(make):
     fuse(model)  # fusable again once unfused
 
 
+def test_save_pretrained_of_a_fused_model_loads_in_plain_diffusers(tmp_path):
+    model = unet2d("attention")
+    args = inputs(model)
+    expected = run(model, args)
+    fuse(model).save_pretrained(tmp_path)
+    assert torch.equal(run(UNet2DModel.from_pretrained(tmp_path).eval(), args), expected)
+
+
 def _attentions(model):
     return [m for m in model.modules() if hasattr(m, "processor")]
 
