@@ -43,6 +43,7 @@ class FuseReport:
 class _Record:
     classes: list  # (module, its class before fuse)
     processors: list  # (Attention, its processor before fuse)
+    hooks: list  # handles of the forward hooks fuse added
 
 
 def fuse(obj, *, norms: bool = True, attention: bool = True, convolutions: bool = True,
@@ -86,7 +87,7 @@ def fuse(obj, *, norms: bool = True, attention: bool = True, convolutions: bool 
     if hasattr(unet, _RECORD):
         raise ValueError(f"this {type(unet).__name__} is fused already (unfuse it first)")
     report = FuseReport()
-    record = _Record([], [])
+    record = _Record([], [], [])
     if norms:
         _fuse_norms(unet, record, report)
     if attention:
@@ -123,6 +124,8 @@ def unfuse(obj):
         module.__class__ = cls
     for attn, processor in record.processors:
         attn.set_processor(processor)
+    for hook in record.hooks:
+        hook.remove()
     delattr(unet, _RECORD)
     if pipeline is not None and hasattr(pipeline, _SCHEDULER):
         pipeline.scheduler = getattr(pipeline, _SCHEDULER)
@@ -185,6 +188,17 @@ def _fuse_convolutions(unet, record: _Record, report: FuseReport) -> None:
         else:
             _swap(module, PackedConv2d, record)
             report.fused[name] = "Conv2d on prepacked oneDNN weights"
+    if any(cls is nn.Conv2d for _, cls in record.classes):
+        record.hooks.append(unet.register_forward_hook(_contiguous_sample))
+
+
+def _contiguous_sample(unet, args, output):
+    """The UNet's output in torch's default layout, as diffusers returns it (the packed
+    convolutions work in channels_last)."""
+    if isinstance(output, tuple):
+        return (output[0].contiguous(), *output[1:])
+    output.sample = output.sample.contiguous()
+    return output
 
 
 def _fuse_scheduler(pipeline, report: FuseReport) -> None:
