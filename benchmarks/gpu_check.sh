@@ -12,7 +12,8 @@
 # $OUT (at most 10 files):
 #   gpu_check.log  every step's command, output and exit status; lsgm.png  LSGM samples
 #   report.md      card, date, versions, step summary, test summary, benchmark tables
-#   bench_fp32.{json,png}, bench_bf16.{json,png}, bench_unet.json, bench_sampling.json
+#   bench_fp32.{json,png}, bench_bf16.{json,png}, bench_unet.json, bench_sampling.json,
+#   bench_diffusers.json
 # Each step has a timeout and the whole run fits GPU_CHECK_BUDGET_S (default 540 s); a failing
 # step is recorded and the next one runs. Results go to benchmarks/results/ with card and date.
 #
@@ -116,6 +117,10 @@ step likelihood 60 bash -c "'$PY' -m pydiffuse.cli sample --ckpt lsgm --n 64 --d
 if "$PY" -c "import diffusers" 2>/dev/null; then
   step sampling 90 "$PY" benchmarks/bench_sampling.py $QUICK --device "$DEVICE" \
     --json "$OUT/bench_sampling.json"
+  # fused vs plain diffusers models (compiled rows left out: four compiles outrun the budget)
+  step diffusers 120 "$PY" benchmarks/bench_diffusers.py --quick --no-compile --device "$DEVICE" \
+    --dtype "$([ "$DEVICE" = cuda ] && echo bfloat16 || echo float32)" \
+    --json "$OUT/bench_diffusers.json"
 else
   skip sampling "diffusers is not installed (benchmarks/bench_sampling.py compares against it)"
 fi

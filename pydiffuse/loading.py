@@ -6,10 +6,11 @@ no longer import each other)."""
 import json
 from pathlib import Path
 
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from . import config as run_config
 from .lsgm import LSGMPipeline
+from .nn import UNet
 from .pipeline import SHIPPED, Pipeline
 from .training.checkpoint import latest_checkpoint, read_weights, write_manifest
 
@@ -23,20 +24,62 @@ def _event_shape(kwargs: dict) -> tuple:
     raise ValueError("cannot tell the data shape from the model's configuration")
 
 
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+# a diffusers scheduler config's beta_schedule -> pydiffuse process type, prediction_type -> ours
+DIFFUSERS_BETAS = {"linear": "linear", "scaled_linear": "scaled_linear",
+                   "squaredcos_cap_v2": "cosine"}
+DIFFUSERS_PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
+
+
+def _load_diffusers(folder: Path, device) -> Pipeline:
+    """A diffusers ``UNet2DModel`` folder (config.json + diffusion_pytorch_model.safetensors) as a
+    ``Pipeline`` on ``UNet.from_diffusers``; the process and prediction from the pipeline's
+    scheduler/scheduler_config.json beside it, else diffusers' default (linear, 1000 steps,
+    eps)."""
+    config = json.loads((folder / "config.json").read_text())
+    if config.get("_class_name") != "UNet2DModel":
+        raise ValueError(f"{folder}: a diffusers {config.get('_class_name')}; pydiffuse.load "
+                         "reads UNet2DModel folders (pydiffuse.compat.diffusers.fuse runs the "
+                         "others in diffusers)")
+    model = UNet.from_diffusers(config, load_file(folder / DIFFUSERS_WEIGHTS))
+    scheduler_file = folder.parent / "scheduler" / "scheduler_config.json"
+    scheduler = json.loads(scheduler_file.read_text()) if scheduler_file.is_file() else {}
+    schedule = scheduler.get("beta_schedule", "linear")
+    if schedule not in DIFFUSERS_BETAS or scheduler.get("trained_betas") is not None:
+        raise ValueError(f"{scheduler_file}: beta_schedule {schedule!r} (with trained_betas "
+                         f"{scheduler.get('trained_betas') is not None}); pydiffuse.load reads "
+                         f"{', '.join(DIFFUSERS_BETAS)}")
+    process = {"type": DIFFUSERS_BETAS[schedule],
+               "num_timesteps": scheduler.get("num_train_timesteps", 1000)}
+    if schedule != "squaredcos_cap_v2":
+        process.update(beta_start=scheduler.get("beta_start", 1e-4),
+                       beta_end=scheduler.get("beta_end", 0.02))
+    prediction = DIFFUSERS_PREDICTIONS[scheduler.get("prediction_type", "epsilon")]
+    run = {"model": {"diffusers": str(folder)}, "process": process, "prediction": prediction}
+    model.to(device or "cpu").eval()
+    return Pipeline(model, run_config.build_process(run), prediction, run,
+                    (model.in_channels, model.image_size, model.image_size))
+
+
 def load(path, *, device=None, ema: bool = True) -> Pipeline:
-    """A ``Pipeline`` from a checkpoint directory (or a run directory: its newest checkpoint), or
-    a shipped model by name ("digits", "lsgm"); an LSGM checkpoint gives a
+    """A ``Pipeline`` from a checkpoint directory (or a run directory: its newest checkpoint), a
+    diffusers ``UNet2DModel`` folder (or a pipeline folder holding one in unet/), or a shipped
+    model by name ("digits", "lsgm"); an LSGM checkpoint gives a
     ``pydiffuse.lsgm.LSGMPipeline`` (same ``sample``, latent samplers "ode" and "pc", decoded
     images).
 
     Args:
-        path: ``<run_dir>/step_<N>``, ``<run_dir>``, or a name of ``SHIPPED``.
+        path: ``<run_dir>/step_<N>``, ``<run_dir>``, a diffusers folder, or a name of
+            ``SHIPPED``.
         device: where the model goes (default the CPU).
         ema: use the EMA weights (the slowest rate) when the checkpoint has them.
     """
     if isinstance(path, str) and path in SHIPPED:
         path = SHIPPED[path]
     path = Path(path)
+    folder = path / "unet" if (path / "model_index.json").is_file() else path
+    if (folder / DIFFUSERS_WEIGHTS).is_file():
+        return _load_diffusers(folder, device)
     if not (path / "config.json").is_file():
         newest = latest_checkpoint(path) if path.is_dir() else None
         if newest is None:

@@ -20,23 +20,29 @@ OUTPUT_SCALES = (None, "inv_sigma")
 UNIT_SCALE, SIGMA_SCALE = 999.0, 100.0
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0,
+                       freq_shift: float = 0.0, sin_first: bool = False) -> torch.Tensor:
     """The sinusoidal embedding of the Transformer (Vaswani et al. 2017) used by DDPM and ADM:
-    [cos(t f_k), sin(t f_k)] with f_k = max_period^(-k / (dim / 2)), k = 0 .. dim/2 - 1
-    (ADM's order; a zero column pads an odd dim).
+    [cos(t f_k), sin(t f_k)] with f_k = max_period^(-k / (dim / 2 - freq_shift)),
+    k = 0 .. dim/2 - 1 (ADM's order; [sin, cos] with ``sin_first``, the DDPM TensorFlow code's,
+    whose freq_shift is 1: diffusers' ``flip_sin_to_cos=False, freq_shift=1``; a zero column pads
+    an odd dim).
 
     Args:
         t: [B] (float) positions.
         dim: the embedding's width.
+        freq_shift: subtracted from dim / 2 in the exponent.
+        sin_first: the sines first.
 
     Returns:
         [B, dim] float32.
     """
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) / half
+    freqs = torch.exp(-math.log(max_period) / (half - freq_shift)
                       * torch.arange(half, dtype=torch.float32, device=t.device))
     args = t.float()[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+    emb = torch.cat([torch.sin(args), torch.cos(args)] if sin_first
+                    else [torch.cos(args), torch.sin(args)], dim=1)
     return F.pad(emb, (0, dim % 2))
 
 
@@ -55,18 +61,21 @@ class ConditionEmbedding(nn.Module):
         emb_dim: width of the output.
         time_input: "index", "unit", "sigma" or None.
         num_classes: classes of the conditioning labels (plus the null label), or None.
+        freq_shift, sin_first: of the sinusoid (``timestep_embedding``).
 
     ``forward(t, y, batch)`` returns SiLU(time embedding + class embedding) [B, emb_dim] (every
     block's embedding Linear starts with this SiLU in ADM), or None when there is neither.
     """
 
-    def __init__(self, channels: int, emb_dim: int, time_input="index", num_classes=None):
+    def __init__(self, channels: int, emb_dim: int, time_input="index", num_classes=None,
+                 freq_shift: float = 0.0, sin_first: bool = False):
         super().__init__()
         if time_input not in TIME_INPUTS:
             raise ValueError(f"time_input must be one of {TIME_INPUTS}, got {time_input!r}")
         if num_classes is not None and (isinstance(num_classes, bool) or num_classes < 1):
             raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
         self.channels, self.time_input, self.num_classes = channels, time_input, num_classes
+        self.freq_shift, self.sin_first = freq_shift, sin_first
         self.time_mlp = None if time_input is None else nn.Sequential(
             nn.Linear(channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.label_emb = None if num_classes is None else nn.Embedding(num_classes + 1, emb_dim)
@@ -86,7 +95,8 @@ class ConditionEmbedding(nn.Module):
                 t = UNIT_SCALE * t
             elif self.time_input == "sigma":
                 t = SIGMA_SCALE * torch.log(t)
-            emb = self.time_mlp(timestep_embedding(t, self.channels))
+            emb = self.time_mlp(timestep_embedding(t, self.channels, freq_shift=self.freq_shift,
+                                                   sin_first=self.sin_first))
         if y is None and self.label_emb is not None:
             raise ValueError(f"this model is class-conditional: pass y, [B] long labels in "
                              f"[0, {self.num_classes}] ({self.num_classes} = the null label)")
@@ -131,14 +141,20 @@ def _describe(v) -> str:
 
 
 class Downsample(nn.Module):
-    """Halves H and W: a 3x3 convolution of stride 2 (``use_conv``), else 2x2 average pooling."""
+    """Halves H and W: a 3x3 convolution of stride 2 (``use_conv``; ``padding`` 1, or 0: the DDPM
+    TensorFlow code's, one zero row and column after the input), else 2x2 average pooling."""
 
-    def __init__(self, channels: int, use_conv: bool = True):
+    def __init__(self, channels: int, use_conv: bool = True, padding: int = 1):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1) if use_conv else None
+        if padding not in (0, 1):
+            raise ValueError(f"padding must be 0 or 1, got {padding!r}")
+        self.conv = (nn.Conv2d(channels, channels, 3, stride=2, padding=padding) if use_conv
+                     else None)
 
     def forward(self, x):
-        return self.conv(x) if self.conv is not None else F.avg_pool2d(x, 2)
+        if self.conv is None:
+            return F.avg_pool2d(x, 2)
+        return self.conv(F.pad(x, (0, 1, 0, 1)) if self.conv.padding == (0, 0) else x)
 
 
 class Upsample(nn.Module):
@@ -175,23 +191,24 @@ class ResBlock(nn.Module):
         up, down: BigGAN resampling (at most one).
         num_groups: groups of every GN.
         skip_scale: divide the output by sqrt(2).
+        eps: of every GN.
     """
 
     def __init__(self, in_channels: int, out_channels: int, emb_dim=None, dropout: float = 0.0,
                  scale_shift: bool = False, up: bool = False, down: bool = False,
-                 num_groups: int = 32, skip_scale: bool = False):
+                 num_groups: int = 32, skip_scale: bool = False, eps: float = 1e-5):
         super().__init__()
         if up and down:
             raise ValueError("a ResBlock samples up or down, not both")
-        self.in_norm = GroupNorm(num_groups, in_channels, act="silu")
+        self.in_norm = GroupNorm(num_groups, in_channels, eps=eps, act="silu")
         self.in_conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.resample = (Upsample(in_channels, use_conv=False) if up else
                          Downsample(in_channels, use_conv=False) if down else None)
         self.emb_proj = None
         if emb_dim is not None and scale_shift:
-            self.out_norm = AdaGroupNorm(num_groups, out_channels, emb_dim, act="silu")
+            self.out_norm = AdaGroupNorm(num_groups, out_channels, emb_dim, eps=eps, act="silu")
         else:
-            self.out_norm = GroupNorm(num_groups, out_channels, act="silu")
+            self.out_norm = GroupNorm(num_groups, out_channels, eps=eps, act="silu")
             if emb_dim is not None:
                 self.emb_proj = nn.Linear(emb_dim, out_channels)
         self.dropout = nn.Dropout(dropout)
@@ -221,9 +238,9 @@ class AttentionBlock(SelfAttention2d):
     output (``skip_scale``, as NCSN++'s rescaled residuals)."""
 
     def __init__(self, channels: int, num_heads=None, head_channels=None, num_groups: int = 32,
-                 skip_scale: bool = False):
+                 skip_scale: bool = False, eps: float = 1e-5):
         super().__init__(channels, num_heads=num_heads, head_channels=head_channels,
-                         num_groups=num_groups)
+                         num_groups=num_groups, eps=eps)
         self.skip_scale = skip_scale
 
     def forward(self, x: torch.Tensor, emb=None) -> torch.Tensor:

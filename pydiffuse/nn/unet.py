@@ -6,6 +6,7 @@ import functools
 import torch
 from torch import nn
 
+from .diffusers_layout import diffusers_config, diffusers_state_dict, unet_kwargs, unet_state_dict
 from .blocks import (AttentionBlock, ConditionEmbedding, Downsample, EmbedSequential, ResBlock,
                      Upsample, check_output_scale, check_time, zero_init)
 from .norm import GroupNorm
@@ -39,7 +40,7 @@ class UNetEncoder(nn.Module):
     def __init__(self, in_channels: int, model_channels: int, channel_mult, num_res_blocks: int,
                  attention_ds, emb_dim, *, num_heads=1, head_channels=None, dropout=0.0,
                  scale_shift=False, resblock_updown=False, conv_resample=True, num_groups=32,
-                 skip_scale=False):
+                 skip_scale=False, norm_eps=1e-5, downsample_padding=1):
         super().__init__()
         if not channel_mult or num_res_blocks < 1 or model_channels < 1:
             raise ValueError("channel_mult must be non-empty, num_res_blocks and model_channels "
@@ -47,10 +48,11 @@ class UNetEncoder(nn.Module):
         self.in_channels, self.levels = in_channels, len(channel_mult)
         self.res = functools.partial(ResBlock, emb_dim=emb_dim, dropout=dropout,
                                      scale_shift=scale_shift, num_groups=num_groups,
-                                     skip_scale=skip_scale)
+                                     skip_scale=skip_scale, eps=norm_eps)
         self.attn = functools.partial(
             AttentionBlock, num_heads=None if head_channels else num_heads,
-            head_channels=head_channels, num_groups=num_groups, skip_scale=skip_scale)
+            head_channels=head_channels, num_groups=num_groups, skip_scale=skip_scale,
+            eps=norm_eps)
         ch = channel_mult[0] * model_channels
         self.input_blocks = nn.ModuleList([EmbedSequential(nn.Conv2d(in_channels, ch, 3,
                                                                      padding=1))])
@@ -66,7 +68,7 @@ class UNetEncoder(nn.Module):
             if level != len(channel_mult) - 1:
                 self.input_blocks.append(EmbedSequential(
                     self.res(ch, ch, down=True) if resblock_updown
-                    else Downsample(ch, use_conv=conv_resample)))
+                    else Downsample(ch, use_conv=conv_resample, padding=downsample_padding)))
                 self.skip_channels.append(ch)
                 ds *= 2
         self.middle = EmbedSequential(self.res(ch, ch), self.attn(ch), self.res(ch, ch))
@@ -128,6 +130,9 @@ class UNet(nn.Module):
         output_scale: None or "inv_sigma".
         num_groups: groups of every GroupNorm.
         skip_scale: residual outputs times 1/sqrt(2) (BigGAN, NCSN++).
+        norm_eps: eps of every GroupNorm.
+        freq_shift, sin_first: of the time sinusoid (1 and True in the DDPM TensorFlow models).
+        downsample_padding: 1, or 0 (the DDPM TensorFlow models: see ``Downsample``).
 
     ``forward(x [B, C, H, W], t [B] (or a scalar), y [B] long or None)`` returns [B, C or 2C, H, W].
     """
@@ -138,19 +143,24 @@ class UNet(nn.Module):
                  scale_shift: bool = False, resblock_updown: bool = False,
                  conv_resample: bool = True, num_classes=None, learned_sigma: bool = False,
                  time_input="index", output_scale=None, num_groups: int = 32,
-                 skip_scale: bool = False):
+                 skip_scale: bool = False, norm_eps: float = 1e-5, freq_shift: float = 0.0,
+                 sin_first: bool = False, downsample_padding: int = 1):
+        init_kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()
+        self.init_kwargs = init_kwargs  # the keywords above, for to_diffusers
         check_output_scale(output_scale, time_input, learned_sigma)
         self.image_size, self.in_channels = image_size, in_channels
         self.learned_sigma, self.output_scale = learned_sigma, output_scale
         self.embed = ConditionEmbedding(model_channels, 4 * model_channels, time_input,
-                                        num_classes)
+                                        num_classes, freq_shift=freq_shift,
+                                        sin_first=sin_first)
         attention_ds = attention_factors(image_size, attention_resolutions, len(channel_mult))
         enc = self.encoder = UNetEncoder(
             in_channels, model_channels, channel_mult, num_res_blocks, attention_ds,
             self.embed.emb_dim, num_heads=num_heads, head_channels=head_channels,
             dropout=dropout, scale_shift=scale_shift, resblock_updown=resblock_updown,
-            conv_resample=conv_resample, num_groups=num_groups, skip_scale=skip_scale)
+            conv_resample=conv_resample, num_groups=num_groups, skip_scale=skip_scale,
+            norm_eps=norm_eps, downsample_padding=downsample_padding)
         skips, ch, ds = list(enc.skip_channels), enc.out_channels, 2 ** (len(channel_mult) - 1)
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
@@ -165,7 +175,7 @@ class UNet(nn.Module):
                     ds //= 2
                 self.output_blocks.append(EmbedSequential(*layers))
         out_channels = in_channels * (2 if learned_sigma else 1)
-        self.out_norm = GroupNorm(num_groups, ch, act="silu")
+        self.out_norm = GroupNorm(num_groups, ch, eps=norm_eps, act="silu")
         self.out_conv = zero_init(nn.Conv2d(ch, out_channels, 3, padding=1))
 
     @property
@@ -184,3 +194,33 @@ class UNet(nn.Module):
         if self.output_scale == "inv_sigma":
             out = out / t.to(out.dtype)[:, None, None, None]
         return out
+
+    @classmethod
+    def from_diffusers(cls, model, state_dict=None) -> "UNet":
+        """The ``UNet`` computing what a diffusers ``UNet2DModel`` computes, on the same weights
+        (shared tensors; q/k/v concatenated): ``model(x, t)`` equals ``theirs(x, t).sample``
+        within float error. Blocks DownBlock2D / AttnDownBlock2D / UpBlock2D / AttnUpBlock2D
+        (the DDPM layouts of google/ddpm-*, with their freq_shift 1 and downsample_padding 0, and
+        ADM-style ones: "scale_shift" time embedding, heads of attention_head_dim channels);
+        any other block type or setting is a ValueError naming it
+        (``diffusers_layout.REQUIRED``).
+
+        Args:
+            model: a ``UNet2DModel``, or its config (a dict) with ``state_dict``, its weights.
+        """
+        config = model if state_dict is not None else model.config
+        weights = state_dict if state_dict is not None else model.state_dict()
+        unet = cls(**unet_kwargs(config))
+        unet.load_state_dict(unet_state_dict(config, weights))
+        return unet.to(next(iter(weights.values())).device)
+
+    def to_diffusers(self):
+        """The diffusers ``UNet2DModel`` computing what this UNet computes (the inverse of
+        ``from_diffusers``; needs diffusers): a ValueError names a setting it has no counterpart
+        of (BigGAN up/down blocks, class labels, a time input other than "index", ...)."""
+        import diffusers  # an optional dependency, only here
+
+        config = diffusers_config(self.init_kwargs)
+        model = diffusers.UNet2DModel(**config)
+        model.load_state_dict(diffusers_state_dict(config, self.state_dict()))
+        return model.to(next(self.parameters()).device)

@@ -4,7 +4,8 @@ chosen in ``_dispatch`` (``backend``, ``available_backends``), which also says w
 can run. Importing this package loads the compiled ops (``pydiffuse._C``) when they are built."""
 
 from . import _dispatch
-from ._dispatch import BACKENDS, BackendUnavailable, available_backends, backend, current_backend
+from ._dispatch import (BACKENDS, BackendUnavailable, available_backends, backend, current_backend,
+                        unsupported_reason)
 from ._packing import StepCoefs
 from .attention import attention
 from .group_norm import group_norm
@@ -16,6 +17,7 @@ from .sample_step import sample_step
 __all__ = [
     "BACKENDS", "BackendUnavailable", "StepCoefs", "attention", "available_backends", "backend",
     "current_backend", "group_norm", "langevin_step", "lincomb", "randn", "sample_step",
+    "unsupported_reason",
 ]
 
 _dispatch._compiled_module()  # torch.ops.pydiffuse.* exist from here (when _C is built)

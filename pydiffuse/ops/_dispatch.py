@@ -228,6 +228,17 @@ def check_supported(name: str, *, dtype: torch.dtype, head_dim: int | None = Non
                          f"tensors, got {terms}")
 
 
+def unsupported_reason(device: torch.device, dtype: torch.dtype, **sizes) -> str:
+    """Why the backend chosen now for ``device`` cannot run inputs of ``dtype`` (and ``head_dim``
+    / ``terms``, as ``check_supported``), or '' when it can: for callers that keep an unfused
+    path for what the kernels do not run (``pydiffuse.compat.diffusers.fuse``)."""
+    try:
+        check_supported(_chosen(_forced_name(), device.type), dtype=dtype, **sizes)
+    except (BackendUnavailable, TypeError, ValueError) as err:
+        return str(err)
+    return ""
+
+
 def _kernel(name: str, op: str):
     if name == "reference":
         return getattr(reference, op)

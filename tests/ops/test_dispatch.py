@@ -11,6 +11,7 @@ import torch
 import pydiffuse.ops as ops
 from pydiffuse.ops import (BackendUnavailable, StepCoefs, available_backends, backend,
                            current_backend)
+from pydiffuse.ops._dispatch import unavailable_reason
 
 
 def test_default_is_the_compiled_cpu_backend():
@@ -105,3 +106,18 @@ def test_capability_table_covers_every_backend(name):
             _dispatch.check_supported(name, dtype=torch.float32, head_dim=40)
     for op, lender in cap.backward.items():
         assert lender in ops.BACKENDS and lender != name, (op, lender)
+
+
+def test_unsupported_reason_says_what_check_supported_refuses():
+    cpu = torch.device("cpu")
+    assert ops.unsupported_reason(cpu, torch.float32, head_dim=40) == ""
+    assert "float64 runs on the reference backend only" in ops.unsupported_reason(cpu,
+                                                                                  torch.float64)
+    with ops.backend("reference"):
+        assert ops.unsupported_reason(cpu, torch.float64) == ""
+    if not unavailable_reason("triton", "cpu"):
+        with ops.backend("triton"):
+            assert "head dim D = 40 is not supported" in ops.unsupported_reason(
+                cpu, torch.float32, head_dim=40)
+    with ops.backend("cuda"):
+        assert "cannot run here" in ops.unsupported_reason(cpu, torch.float32)

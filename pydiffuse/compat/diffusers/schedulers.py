@@ -4,7 +4,7 @@ one fused ``pydiffuse.ops.sample_step`` pass:
     from pydiffuse.compat.diffusers import FusedDDIMScheduler
     pipe.scheduler = FusedDDIMScheduler.from_config(pipe.scheduler.config)
 
-and, from ``_diffusers_solvers.py``, for ``EulerDiscreteScheduler``,
+and, from ``solvers.py``, for ``EulerDiscreteScheduler``,
 ``EulerAncestralDiscreteScheduler``, ``DPMSolverMultistepScheduler`` and ``PNDMScheduler``;
 ``FUSED_SCHEDULERS`` maps each diffusers class name to its drop-in.
 
@@ -49,18 +49,14 @@ run a diffusers-trained model with ``pydiffuse.sample``.
 
 import torch
 
-try:
-    from diffusers import DDIMScheduler, DDPMScheduler
-    from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
-    from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
-except ImportError as err:
-    raise ImportError("pydiffuse.compat.diffusers needs diffusers: pip install diffusers "
-                      "(or pip install 'pydiffuse[diffusers]')") from err
+from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
+from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
 
-from ..ops import StepCoefs
-from ..predictions import eps_coefs, x0_coefs
-from ..schedules import DiscreteSchedule, from_betas
-from ._diffusers_solvers import (FusedDPMSolverMultistepScheduler,
+from ...ops import StepCoefs
+from ...predictions import eps_coefs, x0_coefs
+from ...schedules import DiscreteSchedule, from_betas
+from .solvers import (FusedDPMSolverMultistepScheduler,
                                  FusedEulerAncestralDiscreteScheduler,
                                  FusedEulerDiscreteScheduler, FusedPNDMScheduler)
 from ._fused_scheduler import _FusedStep, _Plan, _with_seed

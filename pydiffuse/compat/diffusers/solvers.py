@@ -23,11 +23,11 @@ from diffusers.schedulers.scheduling_euler_ancestral_discrete import (
 from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteSchedulerOutput
 from diffusers.schedulers.scheduling_utils import SchedulerOutput
 
-from ..ops import StepCoefs, lincomb
-from ..predictions import x0_coefs
-from ..samplers.ancestral import euler_ancestral_columns
-from ..samplers.edm import edm_columns
-from ..samplers.multistep import dpmpp_sde_columns, dpmpp_weights
+from ...ops import StepCoefs, lincomb
+from ...predictions import x0_coefs
+from ...samplers.ancestral import euler_ancestral_columns
+from ...samplers.edm import edm_columns
+from ...samplers.multistep import dpmpp_sde_columns, dpmpp_weights
 from ._fused_scheduler import _FusedStep, _Plan, _with_seed
 
 
@@ -191,14 +191,20 @@ class FusedDPMSolverMultistepScheduler(_SigmaStep, DPMSolverMultistepScheduler):
     __init__ = _with_seed(DPMSolverMultistepScheduler)
     noise_dtype = torch.float32
 
-    def _make_plans(self, indices, order):
-        cfg = self.config
+    @staticmethod
+    def unsupported_options(cfg) -> list:
+        """The options of a DPMSolverMultistepScheduler config this drop-in refuses."""
         unsupported = [f"{k}={v!r}" for k, v in (
             ("algorithm_type", cfg.algorithm_type), ("use_flow_sigmas", cfg.use_flow_sigmas),
             ("variance_type", cfg.variance_type)) if v not in ("dpmsolver++", "sde-dpmsolver++",
                                                               False, None)]
         if cfg.algorithm_type == "sde-dpmsolver++" and cfg.solver_order > 2:
             unsupported.append("solver_order=3 with sde-dpmsolver++")
+        return unsupported
+
+    def _make_plans(self, indices, order):
+        cfg = self.config
+        unsupported = self.unsupported_options(cfg)
         if unsupported:
             raise NotImplementedError(f"{type(self).__name__} does not support "
                                       f"{', '.join(unsupported)}; use diffusers' "

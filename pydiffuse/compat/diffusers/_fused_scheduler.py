@@ -10,7 +10,7 @@ import inspect
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..ops import StepCoefs, lincomb, sample_step
+from ...ops import StepCoefs, lincomb, sample_step
 
 PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
 
