@@ -7,7 +7,7 @@ import numbers
 
 import torch
 
-from . import _autograd, _dispatch
+from . import _autograd, _dispatch, thresholds
 from ._checks import FLOAT_DTYPES
 
 ACTIVATIONS = (None, "silu")
@@ -40,8 +40,8 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, scale=None, s
         y, x's shape and dtype (channels_last when x is, on the compiled backends).
     """
     _check(x, num_groups, weight, bias, eps, scale, shift, act)
-    # eager runs one op for plain GN, several with SiLU or AdaGN: they count twice (thresholds)
-    work = x.numel() * (1 if act is None and scale is None and shift is None else 2)
+    work = thresholds.group_norm_work(x.numel(), act == "silu",
+                                      scale is not None or shift is not None)
     y, _, _ = _dispatch.select("group_norm", x.device, x.dtype, eager=_eager, work=work)(
         x, int(num_groups), weight, bias, scale, shift, float(eps), act == "silu")
     return y
@@ -49,16 +49,20 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, scale=None, s
 
 def _eager(x, num_groups, weight, bias, scale, shift, eps, silu):
     """The op as eager torch ops, the kernels' signature (mean and rstd not computed: None), for
-    the sizes where they beat the cpu kernel (``_dispatch.select``); autograd is torch's."""
+    the sizes where they beat the cpu kernel (``_dispatch.select``); autograd is torch's. Without
+    gradients SiLU runs in place (an allocation less: at these sizes it costs as much as the
+    arithmetic)."""
     y = torch.group_norm(x, num_groups, weight, bias, eps)
+    graph = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, weight, bias, scale, shift))
     if scale is not None or shift is not None:
-        per_channel = list(x.shape[:2]) + [1] * (x.ndim - 2)
+        per_channel = (x.shape[0], x.shape[1]) + (1,) * (x.ndim - 2)
         if scale is not None:
             y = y * (1 + scale.reshape(per_channel))
         if shift is not None:
             y = y + shift.reshape(per_channel)
         y = y.to(x.dtype)  # float32 parameters of half x promote
-    return (torch.nn.functional.silu(y) if silu else y), None, None
+    return (torch.nn.functional.silu(y, inplace=not graph) if silu else y), None, None
 
 
 def _check(x, num_groups, weight, bias, eps, scale, shift, act) -> None:
@@ -82,17 +86,17 @@ def _check(x, num_groups, weight, bias, eps, scale, shift, act) -> None:
         raise ValueError(f"eps must be finite and >= 0, got {eps!r}")
     if act not in ACTIVATIONS:
         raise ValueError(f"act must be None or 'silu', got {act!r}")
-    for t, name, shape in ((weight, "weight", [channels]), (bias, "bias", [channels]),
-                           (scale, "scale", [x.shape[0], channels]),
-                           (shift, "shift", [x.shape[0], channels])):
+    for t, name, shape in ((weight, "weight", (channels,)), (bias, "bias", (channels,)),
+                           (scale, "scale", (x.shape[0], channels)),
+                           (shift, "shift", (x.shape[0], channels))):
         if t is None:
             continue
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
-        if list(t.shape) != shape:
+        if t.shape != shape:
             what = "[C]" if len(shape) == 1 else "[B, C]"
-            raise ValueError(f"{name} must be {what} = {shape}, got shape {list(t.shape)}")
-        if t.dtype not in (x.dtype, torch.float32):
+            raise ValueError(f"{name} must be {what} = {list(shape)}, got shape {list(t.shape)}")
+        if t.dtype is not x.dtype and t.dtype is not torch.float32:
             also = "" if x.dtype == torch.float32 else " or float32"
             raise TypeError(f"{name} has dtype {t.dtype}, expected x's dtype {x.dtype}{also}")
         if t.device != x.device:

@@ -15,9 +15,11 @@ from tests.ops.helpers import DTYPES, TOLERANCES, needs_cpu_build
 pytestmark = needs_cpu_build
 
 
-def _group_norm_args(numel, dtype):
-    """x [2, 32, numel / 64] with every parameter: affine, AdaGN (float32) and SiLU."""
-    x = torch.randn(2, 32, numel // 64).to(dtype)
+def _group_norm_args(work, dtype):
+    """x with every parameter (affine, AdaGN (float32) and SiLU): [2, 32, n], the least n whose
+    group_norm_work reaches ``work``."""
+    n = math.ceil(work / thresholds.group_norm_work(64, True, True))
+    x = torch.randn(2, 32, n).to(dtype)
     params = dict(weight=torch.randn(32) * 0.5 + 1, bias=torch.randn(32),
                   scale=torch.randn(2, 32) * 0.5, shift=torch.randn(2, 32))
     return x, params
@@ -101,11 +103,12 @@ def test_both_paths_match_the_reference(op, side, dtype, eager_calls):
                                    rtol=tol["rtol"] * 4, msg=f"{op} leaf {i}: {{}}")
 
 
-def test_group_norm_counts_silu_and_adagn_twice(eager_calls):
-    """Plain GN is one eager op, GN + SiLU several: at half the threshold plain GN stays eager
-    and GN + SiLU runs the kernel."""
+def test_group_norm_counts_silu_and_adagn_as_more_work(eager_calls):
+    """Plain GN is one eager op, GN + SiLU two, with AdaGN four: at half the threshold's elements
+    plain GN stays eager, GN + SiLU and AdaGN run the kernel."""
     x = torch.randn(2, 32, _threshold("group_norm") // 128)
     ops.group_norm(x, 8)
     assert eager_calls.get("group_norm") == 1
     ops.group_norm(x, 8, act="silu")
+    ops.group_norm(x, 8, scale=torch.randn(2, 32), shift=torch.randn(2, 32))
     assert eager_calls.get("group_norm") == 1
