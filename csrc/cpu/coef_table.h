@@ -6,7 +6,6 @@
 
 #include <ATen/ATen.h>
 
-
 #include "cpu/chunks.h"
 
 namespace pydiffuse::cpu {
@@ -24,11 +23,11 @@ struct CoefTable {
 };
 
 // The span's rows as columns when every sample is one element and rows differ: cols[k][i] is
-// row k of the span's sample i, read in place from the C-order table (per_sample == 1 and not
-// shared(): see table_layout). Longer samples take their row once per sample instead.
+// row k of the span's sample i, read in place (per_sample == 1 and not shared(): a C-order
+// table, see table_layout). Longer samples take their row once per sample instead.
 template <int K>
 void row_columns(const float* cols[K], const CoefTable& t, const Span& s) {
-  for (int k = 0; k < K; ++k) cols[k] = t.data + k * t.row_stride + s.b;
+  for (int k = 0; k < K; ++k) cols[k] = t.data + k * t.row_stride + s.b * t.col_stride;
 }
 
 }  // namespace pydiffuse::cpu

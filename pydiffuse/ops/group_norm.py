@@ -49,20 +49,16 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, scale=None, s
 
 def _eager(x, num_groups, weight, bias, scale, shift, eps, silu):
     """The op as eager torch ops, the kernels' signature (mean and rstd not computed: None), for
-    the sizes where they beat the cpu kernel (``_dispatch.select``); autograd is torch's. Without
-    gradients SiLU runs in place (an allocation less: at these sizes it costs as much as the
-    arithmetic)."""
+    the sizes where they beat the cpu kernel (``_dispatch.select``); autograd is torch's."""
     y = torch.group_norm(x, num_groups, weight, bias, eps)
-    graph = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, weight, bias, scale, shift))
     if scale is not None or shift is not None:
-        per_channel = (x.shape[0], x.shape[1]) + (1,) * (x.ndim - 2)
+        per_channel = list(x.shape[:2]) + [1] * (x.ndim - 2)
         if scale is not None:
             y = y * (1 + scale.reshape(per_channel))
         if shift is not None:
             y = y + shift.reshape(per_channel)
         y = y.to(x.dtype)  # float32 parameters of half x promote
-    return (torch.nn.functional.silu(y, inplace=not graph) if silu else y), None, None
+    return (torch.nn.functional.silu(y) if silu else y), None, None
 
 
 def _check(x, num_groups, weight, bias, eps, scale, shift, act) -> None:

@@ -160,7 +160,7 @@ def sample_dpmpp_2s_ancestral(model, x, process, *, steps=None, sigma_min=None, 
                 prediction, seed, callback, progress, columns)
 
 
-def dpmpp_sde_columns(process, prediction, sig, a, eta, s_noise, r):
+def dpmpp_sde_stage_columns(process, prediction, sig, a, eta, s_noise, r):
     """DPM-Solver++ SDE's step (k-diffusion's sample_dpmpp_sde) in VE coordinates, with
     sigma_r = sigma^(1 - r) sigma'^r and the splits (d1, u1) of sigma -> sigma_r and (d2, u2) of
     sigma -> sigma':
@@ -197,7 +197,7 @@ def sample_dpmpp_sde(model, x, process, *, steps=None, sigma_min=None, sigma_max
                      noise_sampler=None, prediction: str = "eps", seed=None, callback=None,
                      progress=False):
     """DPM-Solver++ (stochastic) (k-diffusion's sample_dpmpp_sde: DPM-Solver++(2S), Lu et al.
-    2022, with an ancestral split in each of its two stages; ``dpmpp_sde_columns``). Two model
+    2022, with an ancestral split in each of its two stages; ``dpmpp_sde_stage_columns``). Two model
     calls a step (one on the last). k-diffusion draws its z from a Brownian tree by default;
     here from the noise stream, independent draws (pass its BrownianTreeNoiseSampler as
     ``noise_sampler`` to reproduce its runs).
@@ -210,7 +210,7 @@ def sample_dpmpp_sde(model, x, process, *, steps=None, sigma_min=None, sigma_max
         raise ValueError(f"r must be in (0, 1], got {r}")
 
     def columns(process, prediction, sig, a):
-        return dpmpp_sde_columns(process, prediction, sig, a, eta, s_noise, r)
+        return dpmpp_sde_stage_columns(process, prediction, sig, a, eta, s_noise, r)
 
     return _run("dpmpp_sde", model, x, process, (steps, sigma_min, sigma_max, rho, sigmas), eta,
                 s_noise, noise_sampler, prediction, seed, callback, progress, columns)
