@@ -51,9 +51,11 @@ class SDE:
         dt = self.T / self.N
         return self.drift_coef(t) * dt, self.diffusion(t) * math.sqrt(dt)
 
-    def model_time(self, t) -> torch.Tensor:
-        """The model's t at SDE times t (a tensor on any device): t itself, float32."""
-        return torch.as_tensor(t).to(torch.float32)
+    def model_time(self, t, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The model's t at SDE times t (a tensor on any device): t itself, in ``dtype``
+        (float32, what a model trained in float32 reads; a float64 run passes float64)."""
+        t = t if isinstance(t, torch.Tensor) else torch.tensor(t, dtype=torch.float64)
+        return t.to(dtype)
 
     def model_marginal(self, t):
         """(a, std) at which the model's output is read (turned into x0 or a score) at times t:
@@ -269,8 +271,9 @@ class DiscreteVPSDE(VPSDE):
     def __repr__(self) -> str:
         return f"{super().__repr__()[:-1]}, chain={self.chain})"
 
-    def model_time(self, t) -> torch.Tensor:
-        """The chain index floor(t (chain - 1)), long (on t's device)."""
+    def model_time(self, t, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The chain index floor(t (chain - 1)), long (on t's device), of t in float32 as
+        score_sde computes it (whatever ``dtype``: an index is exact)."""
         return (torch.as_tensor(t).to(torch.float32) * (self.chain - 1)).long()
 
     def model_marginal(self, t):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ..nn.denoiser import Denoiser
-from ..ops import randn
+from ..ops import compute_dtype, randn
 from ..predictions import check_prediction, target_coefs, x0_coefs
 from ..sde import VPSDE
 from ._batch import batch_kwargs, batches, check_data, sample_seeds
@@ -51,13 +51,14 @@ def score_fn(model, sde, prediction: str, dtype):
     std eps (a ``DiscreteVPSDE``'s chain: s = -eps / sigma_chain, score_sde's
     ``get_score_fn(continuous=False)``): s = (p + q cx) x + q co out
     (``pydiffuse.predictions``' coefficients), in float64 and differentiable in x; the model sees
-    x in ``dtype`` and t as ``sde.model_time(t)`` (float32 [B], or the chain's index)."""
+    x in ``dtype`` and t as ``sde.model_time(t)`` (float32 [B], float64 for float64 x, or the
+    chain's index)."""
     def score(x, t):
         a, std = (c.to(x.device).reshape(-1, *[1] * (x.ndim - 1))
                   for c in sde.model_marginal(t))
         cx, co = x0_coefs(prediction, a, std)
         p, q = target_coefs("score", a, std)
-        out = model(x.to(dtype), sde.model_time(t)).to(torch.float64)
+        out = model(x.to(dtype), sde.model_time(t, compute_dtype(dtype))).to(torch.float64)
         return (p + q * cx) * x + (q * co) * out
     return score
 

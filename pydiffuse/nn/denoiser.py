@@ -107,7 +107,9 @@ class Denoiser:
             return None
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
-            log_p = torch.log_softmax(self.classifier(x_in, t).float(), dim=-1)
+            logits = self.classifier(x_in, t)     # (half logits: softmax in float32)
+            log_p = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)),
+                                      dim=-1)
             labels = self._labels(len(x), log_p.shape[-1], x.device)
             chosen = log_p.gather(1, labels[:, None].long()).sum()
             grad, = torch.autograd.grad(chosen, x_in)

@@ -6,7 +6,7 @@ can run. Importing this package loads the compiled ops (``pydiffuse._C``) when t
 from . import _dispatch
 from ._dispatch import (BACKENDS, BackendUnavailable, available_backends, backend, current_backend,
                         unsupported_reason)
-from ._packing import StepCoefs
+from ._packing import StepCoefs, compute_dtype
 from .attention import attention
 from .group_norm import group_norm
 from .langevin_step import langevin_step
@@ -16,8 +16,8 @@ from .sample_step import sample_step
 
 __all__ = [
     "BACKENDS", "BackendUnavailable", "StepCoefs", "attention", "available_backends", "backend",
-    "current_backend", "group_norm", "langevin_step", "lincomb", "randn", "sample_step",
-    "unsupported_reason",
+    "compute_dtype", "current_backend", "group_norm", "langevin_step", "lincomb", "randn",
+    "sample_step", "unsupported_reason",
 ]
 
 _dispatch._compiled_module()  # torch.ops.pydiffuse.* exist from here (when _C is built)

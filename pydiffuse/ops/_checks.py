@@ -6,15 +6,17 @@ import numbers
 
 import torch
 
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the compiled kernels take
+DATA_DTYPES = FLOAT_DTYPES + (torch.float64,)  # float64 runs on the reference backend
+DATA_DTYPE_NAMES = "float32, float16, bfloat16 or float64"
 
 
 def check_data(t, name: str) -> torch.Tensor:
-    """A floating tensor with a batch dimension (float64 runs on the reference backend only)."""
+    """A floating tensor with a batch dimension (float64 by default on the reference backend)."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in FLOAT_DTYPES + (torch.float64,):
-        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+    if t.dtype not in DATA_DTYPES:
+        raise TypeError(f"{name} must be {DATA_DTYPE_NAMES}, got {t.dtype}")
     if t.ndim < 1:
         raise ValueError(f"{name} must have a batch dimension, got a 0-d tensor")
     return t

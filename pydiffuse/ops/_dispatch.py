@@ -4,7 +4,10 @@ Choice: ``with backend(name)``, then ``PYDIFFUSE_BACKEND``, then the best backen
 tensor's device (cuda > triton > reference on GPUs; cpu > reference on the CPU). A forced backend
 that cannot run raises ``BackendUnavailable`` saying why; there is no silent fallback. A forced
 backend always runs its kernel; the default ``cpu`` choice runs an op's eager PyTorch form
-instead where ``thresholds`` says the kernel loses at that size.
+instead where ``thresholds`` says the kernel loses at that size. float64 data, which the
+compiled kernels do not take (they compute in float32), run on the reference backend by default
+on every device (``_chosen_for``: arithmetic and coefficients in float64; issue 17); a forced
+compiled backend refuses them.
 
 Capability: ``CAPABILITIES`` says, per backend, which dtypes it takes, which attention head sizes,
 how many lincomb terms, and whose kernel runs a backward it has none of; an op asks
@@ -190,9 +193,19 @@ def _chosen(forced: str | None, device_type: str) -> str:
     return forced
 
 
-def current_backend(device: torch.device) -> str:
-    """The backend an op on ``device`` runs with now."""
-    return _chosen(_forced_name(), device.type)
+def _chosen_for(forced: str | None, device_type: str, dtype: torch.dtype | None) -> str:
+    """``_chosen``, with the default choice moved to the reference backend for a dtype only it
+    takes (float64)."""
+    name = _chosen(forced, device_type)
+    if forced is None and dtype is not None and dtype not in CAPABILITIES[name].dtypes \
+            and dtype in CAPABILITIES["reference"].dtypes:
+        return "reference"
+    return name
+
+
+def current_backend(device: torch.device, dtype: torch.dtype | None = None) -> str:
+    """The backend an op on ``device`` (on data of ``dtype``, when given) runs with now."""
+    return _chosen_for(_forced_name(), device.type, dtype)
 
 
 @contextlib.contextmanager
@@ -215,8 +228,8 @@ def check_supported(name: str, *, dtype: torch.dtype, head_dim: int | None = Non
     if dtype not in cap.dtypes:
         if dtype == torch.float64:
             raise TypeError(f"float64 runs on the reference backend only (backend {name!r} "
-                            "computes in float32); use float32 or "
-                            "pydiffuse.ops.backend('reference')")
+                            "computes in float32); use float32, or leave the backend to the "
+                            "default choice (float64 runs on the reference backend there)")
         raise TypeError(f"the {name!r} backend runs "
                         f"{', '.join(str(d).removeprefix('torch.') for d in cap.dtypes)}, "
                         f"got {dtype}")
@@ -231,7 +244,9 @@ def check_supported(name: str, *, dtype: torch.dtype, head_dim: int | None = Non
 def unsupported_reason(device: torch.device, dtype: torch.dtype, **sizes) -> str:
     """Why the backend chosen now for ``device`` cannot run inputs of ``dtype`` (and ``head_dim``
     / ``terms``, as ``check_supported``), or '' when it can: for callers that keep an unfused
-    path for what the kernels do not run (``pydiffuse.compat.diffusers.fuse``)."""
+    path for what the kernels do not run (``pydiffuse.compat.diffusers.fuse``). float64 counts
+    as unsupported by a compiled backend even where the ops would run it on the reference
+    backend: such a caller's own path is as exact and faster."""
     try:
         check_supported(_chosen(_forced_name(), device.type), dtype=dtype, **sizes)
     except (BackendUnavailable, TypeError, ValueError) as err:
@@ -267,7 +282,7 @@ def select(op: str, device: torch.device, dtype: torch.dtype, *, eager=None, wor
                                                                            device.type, dtype)
     chosen = _SELECTED.get(key)
     if chosen is None:
-        name = _chosen(forced, device.type)
+        name = _chosen_for(forced, device.type, dtype)
         check_supported(name, dtype=dtype, **sizes)
         run = _kernel(name, op)
         chosen = _SELECTED[key] = (name, run if name == "reference" else _below_autograd(run))

@@ -1,7 +1,9 @@
 """The packed argument layout shared by every backend (C++, CUDA, Triton, reference).
 
-Coefficients travel as one float32 tensor [rows, B] on the data's device, one row per
-coefficient, so a compiled kernel reads them per sample; a table of numbers, shared by the batch,
+Coefficients travel as one tensor [rows, B] on the data's device, one row per coefficient, so
+a compiled kernel reads them per sample: float32 (``compute_dtype``), or float64 for float64 data
+(which runs on the reference backend, so a float64 run's coefficients are not rounded to
+float32: issue 17); a table of numbers, shared by the batch,
 is a [rows, 1] tensor expanded over B (stride 0), which the kernels read in place (a batch of
 2^24 one-element samples carries 12 floats, not 12 x 2^24). Seeds travel as an int64 tensor [1]
 (one seed for the batch) or [B] (one per sample).
@@ -56,15 +58,24 @@ def step_coef_values(c: StepCoefs) -> tuple:
     return c.cx, c.co, c.ex, c.e0, c.m0, c.me, c.mx, c.s
 
 
-def coef_row(name: str, value, batch: int, device: torch.device) -> torch.Tensor:
-    """One coefficient (float or [B] / [1] tensor) as a float32 [B] row on ``device``."""
+def compute_dtype(data_dtype: torch.dtype) -> torch.dtype:
+    """The dtype the ops compute in for data of ``data_dtype``, and so their coefficient tables'
+    and a sampler's continuous model times: float64 for float64 data (the reference backend's
+    exact path), else float32 (what the compiled kernels read, and models trained in float32 or
+    half precision)."""
+    return torch.float64 if data_dtype == torch.float64 else torch.float32
+
+
+def coef_row(name: str, value, batch: int, device: torch.device,
+             dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """One coefficient (float or [B] / [1] tensor) as a [B] row of ``dtype`` on ``device``."""
     if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)):
         raise TypeError(f"coefficient {name!r} must be a float or a tensor of shape [B], "
                         f"got {type(value).__name__}")
     if isinstance(value, numbers.Real):
         if not math.isfinite(value):
             raise ValueError(f"coefficient {name!r} must be finite, got {value}")
-        return torch.full((batch,), float(value), dtype=torch.float32, device=device)
+        return torch.full((batch,), float(value), dtype=dtype, device=device)
     if value.is_complex() or not (value.is_floating_point() or value.dtype in _INT_DTYPES):
         raise TypeError(f"coefficient {name!r} must be a real tensor, got {value.dtype}")
     if value.device != device:
@@ -73,16 +84,17 @@ def coef_row(name: str, value, batch: int, device: torch.device) -> torch.Tensor
     if flat is None or flat.numel() not in (1, batch):
         raise ValueError(f"coefficient {name!r} must be a float or a tensor of shape [{batch}] "
                          f"(one per sample), got shape {list(value.shape)}")
-    return flat.to(torch.float32).expand(batch)
+    return flat.to(dtype).expand(batch)
 
 
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
-def pack_rows(values, names, batch: int, device: torch.device) -> torch.Tensor:
-    """Coefficients (floats or [B] tensors) -> a float32 tensor [len, B] (stride 0 over B for
-    all-number rows); ``names`` name the rows in errors (a sequence, or a prefix: row i is
-    ``f"{names}[{i}]"``).
+def pack_rows(values, names, batch: int, device: torch.device,
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Coefficients (floats or [B] tensors) -> a tensor [len, B] of ``dtype`` (``compute_dtype``
+    of the data's; stride 0 over B for all-number rows); ``names`` name the rows in errors (a
+    sequence, or a prefix: row i is ``f"{names}[{i}]"``).
 
     All-number rows (the common case) are packed once per (values, batch, device) and the table
     reused (``_number_table``): a sampler's per-step coefficients repeat from one run to the
@@ -90,9 +102,10 @@ def pack_rows(values, names, batch: int, device: torch.device) -> torch.Tensor:
     device one by one."""
     if (_NUMBER_TYPES.issuperset(map(type, values)) and device.type in ("cpu", "cuda")
             and _cacheable(device)):
-        return _number_table(struct.pack(f"{len(values)}d", *values), names, batch, device)
+        return _number_table(struct.pack(f"{len(values)}d", *values), names, batch, device,
+                             dtype)
     _check_finite(values, names)
-    return torch.stack([coef_row(_row_name(names, i), v, batch, device)
+    return torch.stack([coef_row(_row_name(names, i), v, batch, device, dtype)
                         for i, v in enumerate(values)]).contiguous()
 
 
@@ -108,13 +121,14 @@ def _cacheable(device: torch.device) -> bool:
 
 
 @functools.lru_cache(maxsize=2048)  # (each [rows] floats: a 1000-step sampler's tables fit)
-def _number_table(key: bytes, names, batch: int, device: torch.device) -> torch.Tensor:
+def _number_table(key: bytes, names, batch: int, device: torch.device,
+                  dtype: torch.dtype) -> torch.Tensor:
     """Number rows, keyed by their exact bits as doubles (0.0 and -0.0 differ), built on the host
     in one tensor (one copy instead of a fill per row; on CUDA from pinned memory). A non-finite
     value raises, so no cached table holds one."""
     values = struct.unpack(f"{len(key) // 8}d", key)
     _check_finite(values, names)
-    host = torch.tensor(values, dtype=torch.float32)
+    host = torch.tensor(values, dtype=dtype)
     if device.type == "cuda":
         host = host.pin_memory().to(device, non_blocking=True)
     return host.unsqueeze(1).expand(len(values), batch)  # one row for the batch: stride 0

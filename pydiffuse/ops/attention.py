@@ -8,7 +8,7 @@ import numbers
 import torch
 
 from . import _autograd, _dispatch
-from ._checks import FLOAT_DTYPES
+from ._checks import DATA_DTYPE_NAMES, DATA_DTYPES
 
 
 def attention(q, k, v, *, scale=None):
@@ -20,7 +20,8 @@ def attention(q, k, v, *, scale=None):
     backend, inputs below ``thresholds.CPU_KERNEL_FROM`` run ``F.scaled_dot_product_attention``.
 
     Args:
-        q: [B, H, Nq, D] queries, float32/float16/bfloat16 (accumulation in float32).
+        q: [B, H, Nq, D] queries, float32/float16/bfloat16 (accumulation in float32) or
+            float64 (computed in float64 on the reference backend by default).
         k, v: [B, H, Nk, D] keys and values, q's dtype and device; Nk >= 1 (Nk may differ
             from Nq).
         scale: the factor of the scores; default 1 / sqrt(D).
@@ -49,15 +50,12 @@ def _eager(q, k, v, scale):
     return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale), None
 
 
-_DTYPES = FLOAT_DTYPES + (torch.float64,)
-
-
 def _check(q, k, v) -> None:
     for t, name in ((q, "q"), (k, "k"), (v, "v")):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in _DTYPES:
-            raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+        if t.dtype not in DATA_DTYPES:
+            raise TypeError(f"{name} must be {DATA_DTYPE_NAMES}, got {t.dtype}")
         if t.ndim != 4:
             raise ValueError(f"{name} must be [B, H, N, D] (4-d), got shape {list(t.shape)}")
     q_shape = q.shape

@@ -8,7 +8,7 @@ import numbers
 import torch
 
 from . import _autograd, _dispatch, thresholds
-from ._checks import FLOAT_DTYPES
+from ._checks import DATA_DTYPE_NAMES, DATA_DTYPES
 
 ACTIVATIONS = (None, "silu")
 
@@ -23,12 +23,14 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, scale=None, s
     channels and every spatial position, with the biased variance: (x - mean) / sqrt(var + eps).
     ``scale`` and ``shift`` are the per-sample, per-channel modulation of ADM's scale-shift norm
     (AdaGN, Dhariwal & Nichol 2021); ``act="silu"`` applies x * sigmoid(x). Statistics are
-    computed in float32 whatever x's dtype, in either memory layout (NCHW or channels_last). On
-    the default cpu backend, inputs below ``thresholds.CPU_KERNEL_FROM`` run as eager torch ops.
+    computed in float32 whatever x's dtype (float64 for float64 x), in either memory layout
+    (NCHW or channels_last). On the default cpu backend, inputs below
+    ``thresholds.CPU_KERNEL_FROM`` run as eager torch ops.
 
     Args:
         x: [B, C, *spatial] (any number of spatial dims, 0 to 3 in UNets), float32/float16/
-            bfloat16 (float64 on the reference backend); C-order, channels_last or strided.
+            bfloat16 (float64: in float64 on the reference backend by default); C-order,
+            channels_last or strided.
         num_groups: G, a divisor of C.
         weight, bias: [C] per-channel affine, or None (1 and 0).
         eps: added to the variance.
@@ -64,8 +66,8 @@ def _eager(x, num_groups, weight, bias, scale, shift, eps, silu):
 def _check(x, num_groups, weight, bias, eps, scale, shift, act) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in FLOAT_DTYPES + (torch.float64,):
-        raise TypeError(f"x must be float32, float16 or bfloat16, got {x.dtype}")
+    if x.dtype not in DATA_DTYPES:
+        raise TypeError(f"x must be {DATA_DTYPE_NAMES}, got {x.dtype}")
     if x.ndim < 2:
         raise ValueError(f"x must be [B, C, *spatial] (at least 2-d), got shape {list(x.shape)}")
     channels = x.shape[1]

@@ -3,7 +3,8 @@ corrector, fused, and its gradient."""
 
 from . import _autograd, _dispatch, reference
 from ._checks import check_data, check_number, check_same, check_step_index, check_stream_size
-from ._packing import LANGEVIN_COEF_NAMES, LANGEVIN_STEP_SIZE, pack_rows, pack_seeds
+from ._packing import (LANGEVIN_COEF_NAMES, LANGEVIN_STEP_SIZE, pack_rows, pack_seeds,
+                       compute_dtype)
 
 NORMS = ("batch", "sample")
 
@@ -18,7 +19,8 @@ def langevin_step(x, score, step_size, *, snr=None, norm="batch", noise=None, se
     ``norm="batch"`` as the reference code does, or per sample for ``norm="sample"``.
 
     Args:
-        x, score: [B, ...], one dtype (float32/float16/bfloat16; arithmetic in float32).
+        x, score: [B, ...], one dtype (float32/float16/bfloat16: arithmetic in float32;
+            float64: in float64 on the reference backend by default).
         step_size, snr: float or [B] tensor.
         noise: z as a tensor of x's shape, or ``seed`` (int or one per sample) and ``step``.
         return_mean: also return the noise-free mean.
@@ -42,7 +44,7 @@ def langevin_step(x, score, step_size, *, snr=None, norm="batch", noise=None, se
         check_number(snr, "snr", positive=True)
     batch, device = x.shape[0], x.device
     table = pack_rows([step_size, 0.0 if snr is None else snr], LANGEVIN_COEF_NAMES, batch,
-                      device)
+                      device, compute_dtype(x.dtype))
     seeds = None
     if seed is not None:
         check_stream_size(x.shape)

@@ -7,7 +7,7 @@ import torch
 
 from . import _autograd, _dispatch, reference
 from ._checks import check_data, check_same
-from ._packing import pack_rows
+from ._packing import pack_rows, compute_dtype
 
 
 def lincomb(tensors, coefs):
@@ -18,7 +18,8 @@ def lincomb(tensors, coefs):
         coefs: n coefficients, each a float or a [B] tensor; or a tensor [n] or [n, B].
 
     Returns:
-        [B, ...] in the tensors' dtype (accumulated in float32).
+        [B, ...] in the tensors' dtype (accumulated in float32; float64 tensors in float64 on
+        the reference backend by default).
     """
     if isinstance(tensors, torch.Tensor) or not isinstance(tensors, Sequence) or not tensors:
         raise TypeError("tensors must be a non-empty list of tensors")
@@ -32,7 +33,7 @@ def lincomb(tensors, coefs):
     if len(coefs) != len(tensors):
         raise ValueError(f"coefs has {len(coefs)} entries for {len(tensors)} tensors")
     batch, device = first.shape[0], first.device
-    table = pack_rows(coefs, "coefs", batch, device)
+    table = pack_rows(coefs, "coefs", batch, device, compute_dtype(first.dtype))
     run = _dispatch.select("lincomb", device, first.dtype, terms=len(tensors))
     return run(list(tensors), table)
 

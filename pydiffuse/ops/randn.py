@@ -5,7 +5,7 @@ import numbers
 import torch
 
 from . import _dispatch
-from ._checks import FLOAT_DTYPES, check_step_index, check_stream_size
+from ._checks import DATA_DTYPE_NAMES, DATA_DTYPES, check_step_index, check_stream_size
 from ._packing import pack_seeds
 
 
@@ -23,7 +23,8 @@ def randn(shape, seed, step=0, *, device=None, dtype=torch.float32):
         step: the sampler step (a non-negative int).
 
     Returns:
-        [shape] tensor of ``dtype`` on ``device``.
+        [shape] tensor of ``dtype`` on ``device``: the stream is defined in float32 (the
+        reference's Box-Muller); float64 is that draw cast (on the reference backend).
     """
     if isinstance(shape, torch.Size):
         shape = list(shape)
@@ -31,8 +32,8 @@ def randn(shape, seed, step=0, *, device=None, dtype=torch.float32):
             (type(d) is int or isinstance(d, numbers.Integral) and not isinstance(d, bool))
             and d >= 0 for d in shape):
         raise ValueError(f"shape must be a non-empty list of non-negative ints, got {shape!r}")
-    if dtype not in FLOAT_DTYPES + (torch.float64,):
-        raise TypeError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
+    if dtype not in DATA_DTYPES:
+        raise TypeError(f"dtype must be {DATA_DTYPE_NAMES}, got {dtype}")
     check_stream_size(shape)
     step = check_step_index(step)
     device = torch.device("cpu" if device is None else device)

@@ -6,7 +6,7 @@ from . import _autograd, _dispatch, reference
 from ._checks import (check_data, check_number, check_same, check_step_index, check_stream_size,
                       is_nonzero)
 from ._packing import (COEF_INDEX, STEP_ROW_NAMES, StepCoefs, pack_rows, pack_seeds,
-                       step_coef_values)
+                       step_coef_values, compute_dtype)
 
 
 def sample_step(x, out, coefs, *, out_uncond=None, guidance=None, clip=None, learned_var=None,
@@ -19,7 +19,9 @@ def sample_step(x, out, coefs, *, out_uncond=None, guidance=None, clip=None, lea
     next = m0 x0 + me eps + mx x + s z                    (DDPM, DDIM, ancestral, Euler, ...)
 
     Args:
-        x: [B, ...] current sample, float32/float16/bfloat16 (arithmetic in float32).
+        x: [B, ...] current sample, float32/float16/bfloat16 (arithmetic in float32), or
+            float64 (arithmetic and coefficients in float64, on the reference backend by
+            default).
         out: model output, x's shape; [B, 2C, ...] with ``learned_var`` (second half: v).
         coefs: ``StepCoefs``; each field a float or a [B] tensor.
         out_uncond: unconditional output (out's shape), with ``guidance`` (float or [B]).
@@ -63,7 +65,8 @@ def sample_step(x, out, coefs, *, out_uncond=None, guidance=None, clip=None, lea
     batch, device = x.shape[0], x.device
     lo, hi = learned_var if learned_var is not None else (0.0, 0.0)
     table = pack_rows([*step_coef_values(coefs), 0.0 if guidance is None else guidance,
-                       0.0 if clip is None else clip, lo, hi], STEP_ROW_NAMES, batch, device)
+                       0.0 if clip is None else clip, lo, hi], STEP_ROW_NAMES, batch, device,
+                      compute_dtype(x.dtype))
     seeds = None
     if seed is not None:
         check_stream_size(x.shape)

@@ -7,7 +7,7 @@ tables kept on the device (``StepTable``) and the process's time as the model's 
 import torch
 
 from ..nn.denoiser import Denoiser
-from ..ops import lincomb, randn
+from ..ops import compute_dtype, lincomb, randn
 from ..ops._packing import pack_seeds
 from ..predictions import check_prediction
 from ..schedules import as_process
@@ -104,14 +104,16 @@ def host_to_device(host: torch.Tensor, device) -> torch.Tensor:
 
 
 class StepTable:
-    """Per-step coefficients (float64 on the host) as one float32 table on the device; ``row(i)``
-    gives 0-d device tensors, so a loop never synchronizes with the host (on the CPU, where
-    there is nothing to synchronize, Python floats: the ops pack those fastest)."""
+    """Per-step coefficients (float64 on the host) as one table on the device, of the ops'
+    ``compute_dtype`` for the data's ``dtype`` (float32; float64 for a float64 run, so its
+    coefficients are not rounded); ``row(i)`` gives 0-d device tensors, so a loop never
+    synchronizes with the host (on the CPU, where there is nothing to synchronize, Python
+    floats: the ops pack those fastest)."""
 
-    def __init__(self, columns: dict, device):
+    def __init__(self, columns: dict, device, dtype: torch.dtype = torch.float32):
         self.names = list(columns)
         values = [torch.as_tensor(v, dtype=torch.float64).reshape(-1) for v in columns.values()]
-        self.data = host_to_device(torch.stack(values, 1).to(torch.float32), device)
+        self.data = host_to_device(torch.stack(values, 1).to(compute_dtype(dtype)), device)
         self._host_rows = ([dict(zip(self.names, r)) for r in self.data.tolist()]
                            if self.data.device.type == "cpu" else None)
 
@@ -125,15 +127,16 @@ class StepTable:
         return {n: r[j] for j, n in enumerate(self.names)}
 
 
-def model_times(process, values, device) -> torch.Tensor:
+def model_times(process, values, device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The model's t for each step, [steps] on the device: long step indices for a discrete
-    schedule, an SDE's ``model_time`` (float32 t, or a ``DiscreteVPSDE``'s chain index), float32
-    sigma for a ladder."""
-    values = torch.as_tensor(values)
+    schedule, an SDE's ``model_time`` (t, or a ``DiscreteVPSDE``'s chain index), sigma for a
+    ladder; continuous times in ``compute_dtype(dtype)`` of the run's data dtype."""
+    if not isinstance(values, torch.Tensor):     # host numbers: float64 (not torch's default)
+        values = torch.tensor(values, dtype=torch.float64)
     if process.kind == "sde":
-        return host_to_device(process.model_time(values), device)
-    dtype = torch.long if process.kind == "discrete" else torch.float32
-    return host_to_device(values.to(dtype), device)
+        return host_to_device(process.model_time(values, compute_dtype(dtype)), device)
+    return host_to_device(values.to(torch.long if process.kind == "discrete"
+                                    else compute_dtype(dtype)), device)
 
 
 def model_marginal(process, t):
@@ -162,16 +165,17 @@ class Run:
     def __init__(self, name, den, process, x, noise, callback, progress):
         self.name, self.den, self.process, self.noise = name, den, process, noise
         self.callback, self.progress = callback, progress
-        self.batch, self.device = len(x), x.device
+        self.batch, self.device, self.dtype = len(x), x.device, x.dtype
 
     def table(self, columns: dict) -> StepTable:
-        """Host float64 columns as a ``StepTable`` on the device."""
-        return StepTable(columns, self.device)
+        """Host float64 columns as a ``StepTable`` on the device, for the run's dtype."""
+        return StepTable(columns, self.device, self.dtype)
 
     def times(self, values, process=None) -> tuple:
         """The model's t of each step on the device (``model_times``) of ``process`` (default
         the run's), per step a [B] view made once before the loop."""
-        times = model_times(self.process if process is None else process, values, self.device)
+        times = model_times(self.process if process is None else process, values, self.device,
+                            self.dtype)
         return times.unsqueeze(1).expand(len(times), self.batch).unbind(0)
 
     def t(self, times: tuple, i: int) -> torch.Tensor:

@@ -347,8 +347,7 @@ def sample_dpm_adaptive(model, x, process, *, steps=None, sigma_min=None, sigma_
         high, low, first = dpm_step(run, x, c, stage_times, 0, plan["order"], low=True,
                                     first=first)
         low_ve, high_ve = lincomb([low], [1 / a_next]), lincomb([high], [1 / a_next])
-        delta = torch.maximum(torch.tensor(atol), rtol * torch.maximum(low_ve.abs(),
-                                                                        prev.abs()))
+        delta = (rtol * torch.maximum(low_ve.abs(), prev.abs())).clamp(min=atol)
         error = float(torch.linalg.norm((low_ve - high_ve) / delta)) / low_ve.numel() ** 0.5
         if not pid.propose(error):
             continue

@@ -26,7 +26,8 @@ EDM_SIGMA_RANGE = (0.002, 80.0)       # NVlabs/edm generate.py's sigma_min, sigm
 def check_sigmas(sigmas) -> torch.Tensor:
     """An explicit ``sigmas=`` grid as host float64 [n + 1]: 1-D, positive and strictly
     decreasing, ending in 0 (k-diffusion's convention; ``schedules.append_zero``)."""
-    grid = torch.as_tensor(sigmas).detach()
+    grid = (sigmas.detach() if isinstance(sigmas, torch.Tensor)
+            else torch.tensor(sigmas, dtype=torch.float64))   # numbers: not torch's float32
     if grid.ndim != 1 or len(grid) < 2 or grid.is_complex():
         raise ValueError(f"sigmas must be a 1-D grid of at least 2 levels ending in 0, got shape "
                          f"{tuple(grid.shape)}")
@@ -148,7 +149,7 @@ def _edm_loop(run, method, x, grid, churn, s_tmin, s_tmax, s_noise, prediction):
     # churn: gamma_i = min(S_churn / N, sqrt 2 - 1) on [s_tmin, s_tmax], sigma^_i = sigma_i (1 +
     # gamma_i) (quantized, then recomputed), x^ = x + sqrt(sigma^2 - sigma_i^2) s_noise z in VE
     inside = (sig[:-1] >= s_tmin) & (sig[:-1] <= s_tmax)
-    gamma = torch.where(inside, min(churn / n, math.sqrt(2) - 1), 0.0)
+    gamma = inside.to(sig.dtype) * min(churn / n, math.sqrt(2) - 1)   # (float64, as the grid)
     t_hat = torch.where(gamma > 0, process.sigma_to_time(sig[:-1] * (1 + gamma)), times)
     a_hat, std_hat = model_marginal(process, t_hat)
     s_hat = std_hat / a_hat

@@ -6,7 +6,7 @@ import numbers
 import torch
 
 from ..ode_solvers import DP_A, DP_C, DP_E, controlled_step, initial_step_from_norms
-from ..ops import StepCoefs, lincomb, sample_step
+from ..ops import StepCoefs, compute_dtype, lincomb, sample_step
 from ..predictions import x0_coefs
 from ._common import StepTable, guided_pair, model_marginal, start
 from .pc import predictor_columns
@@ -99,20 +99,24 @@ def _fixed_step(run, x, prediction, method, steps, eps):
                            desc=f"ode {method}")
 
 
+def _at_least_float32(v):
+    return v.to(torch.promote_types(v.dtype, torch.float32))
+
+
 def _rms(v, scale):
-    """Per-sample root mean square of v / scale, float32 [B]."""
-    return (v.float() / scale).square().flatten(1).mean(1).sqrt()
+    """Per-sample root mean square of v / scale, [B] (float32, float64 for float64 v)."""
+    return (_at_least_float32(v) / scale).square().flatten(1).mean(1).sqrt()
 
 
-def _device_columns(columns: dict, device) -> dict:
-    """Host float64 [B] columns -> float32 [B] device views, one upload."""
-    table = StepTable(columns, device)
+def _device_columns(columns: dict, run) -> dict:
+    """Host float64 [B] columns -> [B] device views of the run's table dtype, one upload."""
+    table = run.table(columns)
     return dict(zip(table.names, table.data.unbind(1)))
 
 
 def _drift(den, process, y, c: dict, stage):
     """dy/dt = mx y + m0 x0 at the stage's per-sample times (one sample_step)."""
-    t = process.model_time(c[stage, "t"])
+    t = process.model_time(c[stage, "t"], compute_dtype(y.dtype))
     out, uncond = guided_pair(den, y, t, c[stage, "a"], c[stage, "std"], c[stage, "co"])
     return sample_step(y, out, StepCoefs(cx=c[stage, "cx"], co=c[stage, "co"],
                                          mx=c[stage, "mx"], m0=c[stage, "m0"]),
@@ -128,14 +132,15 @@ def _stage_columns(process, prediction, times) -> dict:
     return cols
 
 
-def _initial_step(den, x, k1, process, prediction, t, span, rtol, atol):
+def _initial_step(run, x, k1, prediction, t, span, rtol, atol):
     """Hairer, Norsett & Wanner's starting step (scipy's select_initial_step), per sample:
     h0 = 0.01 |x| / |f|, h1 = (0.01 / max(|f|, |f(x - h0 f) - f| / h0))^(1/5),
     h = min(100 h0, h1) (norms scaled by atol + rtol |x|)."""
-    scale = atol + rtol * x.float().abs()
+    den, process = run.den, run.process
+    scale = atol + rtol * _at_least_float32(x).abs()
     d = torch.stack([_rms(x, scale), _rms(k1, scale)]).double().cpu()
     h0 = torch.where((d < 1e-5).any(0), 1e-6, 0.01 * d[0] / d[1]).minimum(span)
-    c = _device_columns({**_stage_columns(process, prediction, [t - h0]), "h": -h0}, x.device)
+    c = _device_columns({**_stage_columns(process, prediction, [t - h0]), "h": -h0}, run)
     k2 = _drift(den, process, lincomb([x, k1], [1.0, c["h"]]), c, 0)
     d2 = _rms(lincomb([k2, k1], [1.0, -1.0]), scale).double().cpu() / h0
     return initial_step_from_norms(h0, d[1], d2, span)
@@ -150,8 +155,8 @@ def _rk45(run, x, prediction, eps, rtol, atol, max_steps, stats):
     batch, shape = len(x), (-1,) + (1,) * (x.ndim - 1)
     t = torch.full((batch,), float(process.T), dtype=torch.float64)
     k1 = _drift(den, process, x,
-                _device_columns(_stage_columns(process, prediction, [t]), x.device), 0)
-    h = -_initial_step(den, x, k1, process, prediction, t, t - eps, rtol, atol)
+                _device_columns(_stage_columns(process, prediction, [t]), run), 0)
+    h = -_initial_step(run, x, k1, prediction, t, t - eps, rtol, atol)
     accepted = torch.zeros(batch, dtype=torch.long)
     rejected = torch.zeros(batch, dtype=torch.long)
     retry = torch.zeros(batch, dtype=torch.bool)     # no growth right after a rejection
@@ -163,13 +168,14 @@ def _rk45(run, x, prediction, eps, rtol, atol, max_steps, stats):
         cols = _stage_columns(process, prediction, [t + c * h for c in DP_C])
         cols.update({("a", s, j): h * w for s, row in enumerate(DP_A) for j, w in enumerate(row)})
         cols.update({("e", j): h * w for j, w in enumerate(DP_E)})
-        c = _device_columns(cols, x.device)
+        c = _device_columns(cols, run)
         ks = [k1]
         for s in range(1, len(DP_C)):
             y = lincomb([x, *ks], [1.0, *(c["a", s, j] for j in range(s))])
             ks.append(_drift(den, process, y, c, s))
         err = lincomb(ks, [c["e", j] for j in range(len(DP_E))])
-        norm = _rms(err, atol + rtol * torch.maximum(x.float().abs(), y.float().abs()))
+        norm = _rms(err, atol + rtol * torch.maximum(_at_least_float32(x).abs(),
+                                                     _at_least_float32(y).abs()))
         ok = (norm <= 1).reshape(shape)
         x, k1 = torch.where(ok, y, x), torch.where(ok, ks[-1], k1)
         norm = norm.double().cpu()                     # the loop's one host sync per step

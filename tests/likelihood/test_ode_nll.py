@@ -16,6 +16,7 @@ from pydiffuse.likelihood import ODENLLResult, exact_divergence, hutchinson_dive
 from pydiffuse.likelihood._batch import sample_seeds
 from pydiffuse.likelihood.ode import _probes, uniform_dequantize
 from pydiffuse.nn import GaussianMixtureScore
+from pydiffuse.predictions import x0_coefs as oracle_x0_coefs
 from pydiffuse.sde import VESDE, SubVPSDE, VPSDE
 from tests.samplers.plain_loops import score_sde_discrete
 
@@ -173,3 +174,42 @@ def test_discrete_model_reads_the_chain_std():
                    **options)
     torch.testing.assert_close(r.nll, peer.nll, rtol=0, atol=1e-9)
     assert ((-r.nll - oracle.log_prob(x)) / 2).abs().max() < 0.006
+
+
+@pytest.mark.parametrize("sde,prediction", [(VPSDE(), "eps"), (VESDE(0.01, 20.0), "x0")])
+def test_float64_equals_score_sde_loop_on_scipy(sde, prediction):
+    """float64 data: the model sees float64 x and t, and the solve equals score_sde's likelihood
+    loop (scipy's solve_ivp RK45 on the augmented state (x, delta), the exact divergence),
+    solved per sample (pydiffuse's step size is per sample), to 1e-10 (issue 17, item 5)."""
+    integrate = pytest.importorskip("scipy.integrate")
+    oracle = GaussianMixtureScore(MEANS_2D, COVS_2D, [0.5, 0.3, 0.2], process=sde,
+                                  prediction=prediction)
+    seen = set()
+
+    def model(x, t):
+        seen.add((x.dtype, t.dtype))
+        return oracle(x, t)
+
+    x = oracle.sample(4, seed=1, dtype=torch.float64)
+    options = dict(rtol=1e-6, atol=1e-6, eps=1e-5)
+    ours = ode_nll(model, sde, x, prediction=prediction, divergence="exact", progress=False,
+                   **options)
+    assert seen == {(torch.float64, torch.float64)}
+
+    def augmented(t, y):                 # score_sde's ode_func for one sample, float64
+        t = torch.tensor([t], dtype=torch.float64)
+        xt = torch.tensor(y[:2], dtype=torch.float64)[None].requires_grad_(True)
+        a, std = sde.marginal(t)
+        cx, co = oracle_x0_coefs(prediction, a, std)
+        score = ((a * (cx * xt + co * oracle(xt, t)) - xt) / std ** 2)
+        drift = sde.drift_coef(t) * xt - 0.5 * sde.diffusion(t) ** 2 * score
+        div = sum(torch.autograd.grad(drift[0, i], xt, retain_graph=True)[0][0, i]
+                  for i in range(2))
+        return [*drift[0].tolist(), float(div)]
+
+    for i in range(len(x)):
+        sol = integrate.solve_ivp(augmented, (options["eps"], sde.T), [*x[i].tolist(), 0.0],
+                                  method="RK45", rtol=options["rtol"], atol=options["atol"])
+        z = torch.tensor(sol.y[:2, -1], dtype=torch.float64)[None]
+        nll = -(sde.prior_logp(z)[0] + sol.y[2, -1])
+        assert abs(float(ours.nll[i]) - float(nll)) < 1e-10, (i, float(ours.nll[i]), float(nll))

@@ -111,6 +111,7 @@ def test_capability_table_covers_every_backend(name):
 def test_unsupported_reason_says_what_check_supported_refuses():
     cpu = torch.device("cpu")
     assert ops.unsupported_reason(cpu, torch.float32, head_dim=40) == ""
+    # (the ops run float64 on the reference backend; a caller with its own path keeps it)
     assert "float64 runs on the reference backend only" in ops.unsupported_reason(cpu,
                                                                                   torch.float64)
     with ops.backend("reference"):

@@ -6,7 +6,6 @@ import torch
 
 import pydiffuse
 from pydiffuse import schedules, sde
-from pydiffuse.ops import backend
 from pydiffuse.samplers import Denoiser, sample_dpmpp_2m, sample_euler, sample_heun, sample_ode
 from pydiffuse.samplers.edm import edm_sigmas
 
@@ -72,21 +71,20 @@ def test_churn_window_and_seed():
 def _flow_errors(process, sampler, steps, **options):
     """RMS error of ``sampler`` at each step count against the exact flow of a Gaussian from
     sigma_max to sigma_min followed by the final step to sigma = 0 (x = D(x, sigma_min) for
-    all of them), in float64 on the reference backend, v-prediction (so that no coefficient
+    all of them), in float64, v-prediction (so that no coefficient
     vanishes as some do for eps)."""
     g, g_x0 = gaussian(process, "v"), gaussian(process, "x0")
     x = x_T(process, 2, n=256, seed=5).double()
     err = []
-    with backend("reference"):
-        for n in steps:
-            times, sig, a = edm_sigmas(process, n)
-            a_end, std_end = process.marginal(times[-1:])
-            end = flow_map(g, x, float(a[0]), float(a[0] * sig[0]), float(a_end),
-                           float(std_end))
-            ref = g_x0(end, times[-1:].expand(len(x)))
-            out = pydiffuse.sample(g, x_T=x, process=process, sampler=sampler, steps=n,
-                                   prediction="v", progress=False, **options)
-            err.append(float((out - ref).pow(2).mean().sqrt()))
+    for n in steps:
+        times, sig, a = edm_sigmas(process, n)
+        a_end, std_end = process.marginal(times[-1:])
+        end = flow_map(g, x, float(a[0]), float(a[0] * sig[0]), float(a_end),
+                       float(std_end))
+        ref = g_x0(end, times[-1:].expand(len(x)))
+        out = pydiffuse.sample(g, x_T=x, process=process, sampler=sampler, steps=n,
+                               prediction="v", progress=False, **options)
+        err.append(float((out - ref).pow(2).mean().sqrt()))
     return err
 
 

@@ -168,13 +168,15 @@ def _guided_diffusion_ddim(model, cond_fn, x, clip, eta, seed):
         eps = (recip * x - x0) / recipm1                                   # ddim_sample
         sd = eta * ((1 - ab_prev[i]) / (1 - ab[i]) * (1 - ab[i] / ab_prev[i])).sqrt().item()
         x = (ab_prev[i].sqrt().item() * x0 + (1 - ab_prev[i] - sd * sd).sqrt().item() * eps
-             + sd * randn(list(x.shape), seed, k + 1))
+             + sd * randn(list(x.shape), seed, k + 1, dtype=x.dtype))
     return x
 
 
-def test_guided_clipped_ddim_equals_guided_diffusion():
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.float64, 1e-10)])
+def test_guided_clipped_ddim_equals_guided_diffusion(dtype, tol):
     """Classifier guidance with clip, step for step as guided-diffusion orders it (clip x0, then
-    shift eps, x0 not clipped again); the other order (shift, then clip) is far from it."""
+    shift eps, x0 not clipped again); the other order (shift, then clip) is far from it. In
+    float64 to float64 rounding (the classifier's gradient taken in float64 too)."""
     mix = MIXTURES["2d"](SCHED, "eps")
     classifier, scale, labels = ExactClassifier(mix), 2.0, torch.arange(256) % 3
 
@@ -184,9 +186,10 @@ def test_guided_clipped_ddim_equals_guided_diffusion():
             log_p = torch.log_softmax(classifier(x_in, t), -1)[torch.arange(len(x)), labels]
             return scale * torch.autograd.grad(log_p.sum(), x_in)[0]
 
-    x_T = randn([256, 2], 3, 0)
+    x_T = randn([256, 2], 3, 0, dtype=dtype)
     den = Denoiser(mix, classifier=classifier, classifier_scale=scale, labels=labels)
     ours = sample_ddim(den, x_T, SCHED, steps=STEPS, eta=0.5, clip=1.0, seed=7)
     expect = _guided_diffusion_ddim(mix, cond_fn, x_T, 1.0, 0.5, 7)
-    torch.testing.assert_close(ours, expect, rtol=0, atol=1e-4)
+    assert ours.dtype == expect.dtype == dtype
+    torch.testing.assert_close(ours, expect, rtol=0, atol=tol)
     assert (ours.abs() > 1.0).any()                  # the x0 shifted past the clip is kept

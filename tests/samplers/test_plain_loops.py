@@ -1,14 +1,12 @@
 """Every fused sampler against its paper's update written out (``plain_loops.py``): the same
-Gaussian-mixture oracle in float64 on the reference backend, the same x_T and noise, and every
-step's x compared through the sampler's ``callback``.
+Gaussian-mixture oracle in float64, the same x_T and noise, and every step's x compared through
+the sampler's ``callback``.
 
-Tolerance: pydiffuse's ops carry their coefficients as float32 rows (``pydiffuse.ops._packing``;
-the samplers' ``StepTable`` too), so a float64 run rounds each coefficient to 2^-24 relative;
-DDPM's x0 coefficient 1 / sqrt(alpha_bar_T) ~ 150 amplifies that most. Measured: at most 4.5e-6
-(DDPM), 1e-7 to 6e-7 for the others. With float64 coefficient tables (an experiment patching the
-packing) the loops agree to 1e-14, but for EDM's churn, whose gamma is computed in float32
-(``torch.where`` of Python scalars in ``edm._edm_loop``; ~1e-7). A broken variant (another eta,
-step size, snr, method, noise draw) misses by 1e-3 or more.
+A float64 run computes in float64 throughout (issue 17, item 5): on the default backend of the
+device (float64 data run the ops' reference path), with coefficient tables and continuous model
+times in float64 (``pydiffuse.ops.compute_dtype``), so the loops agree to float64 rounding:
+measured at most ~1e-13 here (TOL 1e-10). A broken variant (another eta, step size, snr, method,
+noise draw) misses by 1e-3 or more.
 """
 
 from functools import partial
@@ -17,7 +15,7 @@ import pytest
 import torch
 
 from pydiffuse import schedules, sde
-from pydiffuse.ops import backend, randn
+from pydiffuse.ops import randn
 from pydiffuse.samplers import SAMPLERS
 from pydiffuse.samplers.ddim import ddim_schedule
 from pydiffuse.samplers.edm import edm_sigmas
@@ -25,23 +23,21 @@ from pydiffuse.samplers.edm import edm_sigmas
 from . import plain_loops as plain
 from .oracle_cases import mixture_2d
 
-TOL = 2e-5
-# The VP inpainter's last level at its t = 1e-5: the predictor's x coefficient 1 - 1 / (N t)
-# (-3300) is held in float32 (issue 17, item 5): 8e-5 of the scale there, 3e-7 before it.
-CASE_TOL = {"pc inpaint vp": 1e-3}
+TOL = 1e-10
 SEED, BATCH = 5, 16
 
 
 class Oracle(torch.nn.Module):
-    """The 2-D mixture's exact ``prediction``, reading a continuous time in float32 as pydiffuse
-    passes it (so a plain loop's float64 t and the sampler's float32 t give one output)."""
+    """The 2-D mixture's exact ``prediction`` at the time it is given (a float64 run passes its
+    continuous times in float64, as the plain loops do)."""
 
     def __init__(self, process, prediction):
         super().__init__()
         self.mix = mixture_2d(process, prediction)
 
     def forward(self, x, t):
-        return self.mix(x, t.float() if t.is_floating_point() else t)
+        assert not t.is_floating_point() or t.dtype == torch.float64, t.dtype
+        return self.mix(x, t)
 
 
 def x_T(process):
@@ -184,10 +180,10 @@ CASES = {
 
 @pytest.mark.parametrize("case", CASES)
 def test_fused_sampler_follows_the_paper_step_by_step(case):
-    with backend("reference"):
-        fused, loop = CASES[case]({})
+    """On the default backend: a float64 run needs no forced backend."""
+    fused, loop = CASES[case]({})
     assert len(fused) == len(loop) > 1 and fused[0].dtype == torch.float64
-    assert plain.step_difference(fused, loop) < CASE_TOL.get(case, TOL)
+    assert plain.step_difference(fused, loop) < TOL
 
 
 def test_every_paper_sampler_has_its_plain_loop():
@@ -213,8 +209,7 @@ def test_every_paper_sampler_has_its_plain_loop():
 def test_a_broken_variant_is_caught(case, change):
     """The comparison has teeth: the plain loop changed in one place misses by far more than
     the tolerance."""
-    with backend("reference"):
-        fused, loop = CASES[case](change)
+    fused, loop = CASES[case](change)
     assert plain.step_difference(fused, loop) > 100 * TOL
 
 
@@ -229,13 +224,12 @@ def test_dpmpp_2m_first_order_is_caught():
             callback(i, x)
         return x
 
-    with backend("reference"):
-        process = sde.VPSDE()
-        model, x = Oracle(process, "x0"), x_T(process)
-        fused = plain.trajectory(SAMPLERS["dpmpp_2m"], model, x, process, steps=8,
-                                 prediction="x0")
-        _, sigmas, scale = edm_sigmas(process, 8)
-        steps = plain.plain_trajectory(first_order, denoiser(model, process),
-                                       x * sigmas[0] / process.prior_std, sigmas)
+    process = sde.VPSDE()
+    model, x = Oracle(process, "x0"), x_T(process)
+    fused = plain.trajectory(SAMPLERS["dpmpp_2m"], model, x, process, steps=8,
+                             prediction="x0")
+    _, sigmas, scale = edm_sigmas(process, 8)
+    steps = plain.plain_trajectory(first_order, denoiser(model, process),
+                                   x * sigmas[0] / process.prior_std, sigmas)
     assert plain.step_difference(fused, [scale[i + 1] * s for i, s in enumerate(steps)]) \
         > 100 * TOL

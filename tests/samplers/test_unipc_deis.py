@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from pydiffuse import schedules
-from pydiffuse.ops import backend
 from pydiffuse.samplers import SAMPLERS
 from pydiffuse.samplers.edm import edm_sigmas
 
@@ -39,13 +38,12 @@ def test_same_samples_as_diffusers(name, order, steps, prediction):
         peer.sigmas[-1] = 1e-30
     x = torch.randn(32, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     theirs = x * float(a[0] * sig[0])          # x_T at the first level (ours rescales x_T)
-    with backend("reference"):
-        for t in peer.timesteps:
-            theirs = peer.step(mix(theirs, t.expand(len(x))).double(), t, theirs).prev_sample
-        ours = SAMPLERS[name](mix, x * process.prior_std, process, sigmas=sig, order=order,
-                              prediction=prediction)
-    # the step coefficients are a float32 table (StepTable): float32 rounding, not float64's
-    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+    for t in peer.timesteps:
+        theirs = peer.step(mix(theirs, t.expand(len(x))).double(), t, theirs).prev_sample
+    ours = SAMPLERS[name](mix, x * process.prior_std, process, sigmas=sig, order=order,
+                          prediction=prediction)
+    # float64 on the default backend: coefficients in float64 (issue 17), float64 rounding
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("name", PEERS)
@@ -68,25 +66,24 @@ def test_wrong_score_fails(name):
 def test_orders(name, order, expected, steps):
     """The error at sigma_min (before the last step, to sigma = 0) against the Gaussian's exact
     flow: doubling the steps divides it by 2^order; UniC raises UniP-p's order to p + 1
-    (float64, reference backend; v-prediction; Karras grid, for DEIS-3, which is slower to reach
-    its order there, an exponential one; errors above the float32 coefficients' floor ~1e-5)."""
+    (float64; v-prediction; Karras grid, for DEIS-3, which is slower to reach its order there,
+    an exponential one)."""
     process = PROCESSES["vp"]()
     g = gaussian(process, "v")
     x = x_T(process, 2, n=256, seed=5).double()
     lo, hi = min(process.sigma_range), max(process.sigma_range)
     err = []
-    with backend("reference"):
-        for n in (steps, 2 * steps):
-            grid = schedules.append_zero(schedules.exponential_sigmas(n, lo, hi)
-                                         if (name, order) == ("deis", 3)
-                                         else schedules.karras_sigmas(n, lo, hi))
-            times, sig, a = edm_sigmas(process, sigmas=grid)
-            ref = flow_map(g, x, float(a[0]), float(a[0] * sig[0]), float(a[-2]),
-                           float(a[-2] * sig[-2]))
-            seen = {}
-            SAMPLERS[name](g, x, process, sigmas=grid, prediction="v", order=order,
-                           callback=lambda d: seen.__setitem__(d["i"], d["x"]))
-            err.append((seen[n - 2] - ref).pow(2).mean().sqrt())
+    for n in (steps, 2 * steps):
+        grid = schedules.append_zero(schedules.exponential_sigmas(n, lo, hi)
+                                     if (name, order) == ("deis", 3)
+                                     else schedules.karras_sigmas(n, lo, hi))
+        times, sig, a = edm_sigmas(process, sigmas=grid)
+        ref = flow_map(g, x, float(a[0]), float(a[0] * sig[0]), float(a[-2]),
+                       float(a[-2] * sig[-2]))
+        seen = {}
+        SAMPLERS[name](g, x, process, sigmas=grid, prediction="v", order=order,
+                       callback=lambda d: seen.__setitem__(d["i"], d["x"]))
+        err.append((seen[n - 2] - ref).pow(2).mean().sqrt())
     assert 2 ** expected * 0.75 < err[0] / err[1] < 2 ** expected * 1.35
 
 
