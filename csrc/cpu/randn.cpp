@@ -1,12 +1,14 @@
 // pydiffuse::randn, its host side: the schema and Meta kernel, the kernels' input invariants, the
 // CPU kernel and the CPU and CUDA bindings (the CUDA kernel: csrc/cuda/randn.cu); and
-// fill_noise: the noise stream written so that GCC vectorizes it (Philox with widening
-// 32x32->64 multiplies; log, cos, sin as branch-free polynomials), built for AVX-512, AVX2 and
-// baseline x86-64 and chosen at load time (target_clones).
+// fill_noise: the noise stream in two vector passes over a span's Philox calls: their words in
+// SIMD lanes (philox_lanes.cpp), then Box-Muller written so that GCC vectorizes it (log, cos,
+// sin as branch-free polynomials), built for AVX-512, AVX2 and baseline x86-64 and chosen at
+// load time (target_clones).
 #include <cstring>
 
 #include "cpu/chunks.h"
 #include "cpu/noise.h"
+#include "cpu/philox_lanes.h"
 #include "torch_utils.h"
 #ifdef PYDIFFUSE_WITH_CUDA
 #include "cuda_binding.h"
@@ -106,15 +108,33 @@ PD_HOST_DEVICE float radius(uint32_t w) {
 
 }  // namespace
 
-// The four normals of Philox call k for the calls k = 0 .. n - 1, each with its own key and
-// counter (group[k], counter_b[k], step): z[4k + r] is element j = 4 group[k] + r of its sample.
+// The Philox calls of span s, contiguous layout: for each sample of the span, the calls that
+// cover its elements m_begin .. m_begin + count - 1 (count + 3 over 4 of them, or one more when
+// the piece starts inside a call), listed sample after sample; then their words (``run``).
+struct PhiloxCalls {
+  static constexpr int64_t kMax = kChunk + 1;
+  uint32_t key_lo[kMax], key_hi[kMax], counter_b[kMax], group[kMax];
+  uint32_t w0[kMax], w1[kMax], w2[kMax], w3[kMax];
+  int64_t n = 0;
+  void add(NoiseKey key, int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g, ++n) {
+      key_lo[n] = static_cast<uint32_t>(key.seed), key_hi[n] = static_cast<uint32_t>(key.seed >> 32);
+      counter_b[n] = key.counter_b, group[n] = static_cast<uint32_t>(g);
+    }
+  }
+  // The four words of every call at this step (philox_planes: the calls in SIMD lanes).
+  void run(uint32_t step) {
+    uint32_t* const words[4] = {w0, w1, w2, w3};
+    philox_planes(words, key_lo, key_hi, group, counter_b, step, n);
+  }
+};
+
+// The four normals of each call k: z[4k + r] is element j = 4 group[k] + r of its sample.
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-static void normals4(float* z, const uint64_t* seed, const uint32_t* counter_b,
-                     const uint32_t* group, int64_t n, uint32_t step) {
-  for (int64_t k = 0; k < n; ++k) {
-    const PhiloxWords w = philox4x32_10(seed[k], group[k], counter_b[k], step);
-    const float ra = radius(w.w0), rc = radius(w.w2);
-    const float ub = uint_to_uniform(w.w1), ud = uint_to_uniform(w.w3);
+static void normals4(float* z, const PhiloxCalls& c) {
+  for (int64_t k = 0; k < c.n; ++k) {
+    const float ra = radius(c.w0[k]), rc = radius(c.w2[k]);
+    const float ub = uint_to_uniform(c.w1[k]), ud = uint_to_uniform(c.w3[k]);
     z[4 * k] = ra * cos_two_pi(ub);
     z[4 * k + 1] = ra * sin_two_pi(ub);
     z[4 * k + 2] = rc * cos_two_pi(ud);
@@ -126,28 +146,13 @@ static void normals4(float* z, const uint64_t* seed, const uint32_t* counter_b,
 // 0): z[kPer k + r] = r-th normal of call k, the second pair's Box-Muller skipped.
 template <int kPer>
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-static void first_normals(float* z, const uint64_t* seed, const uint32_t* counter_b, int64_t n,
-                          uint32_t step) {
-  for (int64_t k = 0; k < n; ++k) {
-    const PhiloxWords w = philox4x32_10(seed[k], 0u, counter_b[k], step);
-    const float ra = radius(w.w0), ub = uint_to_uniform(w.w1);
+static void first_normals(float* z, const PhiloxCalls& c) {
+  for (int64_t k = 0; k < c.n; ++k) {
+    const float ra = radius(c.w0[k]), ub = uint_to_uniform(c.w1[k]);
     z[kPer * k] = ra * cos_two_pi(ub);
     if (kPer == 2) z[kPer * k + 1] = ra * sin_two_pi(ub);
   }
 }
-
-// The Philox calls of span s, contiguous layout: for each sample of the span, the calls that
-// cover its elements m_begin .. m_begin + count - 1 (count + 3 over 4 of them, or one more when
-// the piece starts inside a call), listed sample after sample.
-struct PhiloxCalls {
-  uint64_t seed[kChunk + 1];
-  uint32_t counter_b[kChunk + 1], group[kChunk + 1];
-  int64_t n = 0;
-  void add(NoiseKey key, int64_t g0, int64_t g1) {
-    for (int64_t g = g0; g < g1; ++g, ++n)
-      seed[n] = key.seed, counter_b[n] = key.counter_b, group[n] = static_cast<uint32_t>(g);
-  }
-};
 
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 static void fill_noise_indexed(float* z, const uint32_t* j, int64_t count, NoiseKey key,
@@ -172,13 +177,12 @@ static void fill_noise_contiguous(float* z, const Span& s, const Geometry& g,
     calls.add(seeds.key(b), m_begin >> 2, (m_begin + count + 3) >> 2);
     aligned = aligned && m_begin % 4 == 0 && count % 4 == 0;
   });
-  if (aligned) return normals4(z, calls.seed, calls.counter_b, calls.group, calls.n, step);
-  if (s.count > g.per_sample && g.per_sample == 1)
-    return first_normals<1>(z, calls.seed, calls.counter_b, calls.n, step);
-  if (s.count > g.per_sample && g.per_sample == 2)
-    return first_normals<2>(z, calls.seed, calls.counter_b, calls.n, step);
-  float quad[4 * (kChunk + 1)];
-  normals4(quad, calls.seed, calls.counter_b, calls.group, calls.n, step);
+  calls.run(step);
+  if (aligned) return normals4(z, calls);
+  if (s.count > g.per_sample && g.per_sample == 1) return first_normals<1>(z, calls);
+  if (s.count > g.per_sample && g.per_sample == 2) return first_normals<2>(z, calls);
+  float quad[4 * PhiloxCalls::kMax];
+  normals4(quad, calls);
   if (s.count > g.per_sample) {  // whole samples, each ceil(per_sample / 4) calls from m = 0
     const int64_t per = g.per_sample, calls_per = (per + 3) / 4;
     for (int64_t k = 0; k < s.count / per; ++k)

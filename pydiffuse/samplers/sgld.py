@@ -78,7 +78,7 @@ def sgld(grad_log_prior, grad_log_lik, data, theta0, *, n_iter: int, batch_size:
             being data's tensors at the minibatch's rows (a tensor, or a tuple like data).
         data: a tensor [N, ...] or a tuple of tensors [N, ...] (e.g. (X, y)), rows = examples.
         theta0: the start, any shape [...] (e.g. [P]; [C, P] for C parallel chains); float32,
-            or float64 on the reference backend.
+            or float64 (computed in float64 on the default backend).
         n_iter: iterations; batch_size: n in [1, N].
         a, b, gamma: the step schedule, a > 0, b >= 0, gamma in (0.5, 1].
         burn_in: iterations discarded first; thin: keep every thin-th iteration after it.

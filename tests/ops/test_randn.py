@@ -2,11 +2,15 @@
 opcheck of the randn ops."""
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from pydiffuse.ops import StepCoefs, backend, randn, sample_step
+from pydiffuse.ops._dispatch import unavailable_reason
 from pydiffuse.ops.reference import philox4x32
 from tests.conftest import backend_device
 from tests.ops.helpers import (ELEMENT_SHAPES, make, needs_triton, on_triton_device,
@@ -135,3 +139,32 @@ def test_opcheck(case):
 @pytest.mark.parametrize("case", OPCHECK_CASES)
 def test_opcheck_triton(case):
     opcheck_triton(triton_ops().randn.default, on_triton_device(OPCHECK_CASES[case]))
+
+
+_LANES_SCRIPT = """
+import hashlib, sys, torch
+from pydiffuse.ops import StepCoefs, langevin_step, randn, sample_step
+parts = [randn(s, 7, 3).flatten() for s in ([3, 77], [64, 4, 8, 8], [1000, 1], [5, 2],
+                                            [2, 4099], [17, 3, 5])]
+parts.append(randn([9, 33], list(range(9)), 11).flatten())            # per-sample seeds
+x = torch.linspace(-1, 1, 2 * 3 * 50).reshape(2, 3, 50)
+parts.append(sample_step(x, x, StepCoefs(mx=1.0, s=1.0), seed=[4, 5], step=2).flatten())
+parts.append(langevin_step(x, x, 0.1, seed=3, step=1).flatten())
+print(hashlib.sha256(torch.cat(parts).numpy().tobytes()).hexdigest())
+"""
+
+
+@pytest.mark.skipif(bool(unavailable_reason("cpu", "cpu")), reason="pydiffuse._C not built")
+def test_every_philox_lane_width_gives_the_same_stream():
+    """The CPU kernels run Philox in AVX-512 or AVX2 lanes (``csrc/cpu/philox_lanes.cpp``, the
+    widest the CPU has) or a scalar loop: PYDIFFUSE_PHILOX_SIMD caps it, so every path runs
+    here, and each must give the stream bit for bit (tails of a partial lane group, per-sample
+    seeds, 1- and 2-element samples, the noise inside sample_step and langevin_step)."""
+    digests = {}
+    for cap in ("", "avx2", "off"):
+        env = {**os.environ, "PYDIFFUSE_PHILOX_SIMD": cap}
+        run = subprocess.run([sys.executable, "-c", _LANES_SCRIPT], env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        digests[cap] = run.stdout.strip()
+    assert len(set(digests.values())) == 1, digests
