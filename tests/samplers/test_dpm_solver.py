@@ -15,7 +15,7 @@ from pydiffuse.samplers import SAMPLERS
 
 from .kdiffusion import load_sampling
 from .oracle_cases import mixture_2d, mixture_8d, mixture_distance
-from .test_edm import PROCESSES, THRESHOLD
+from .test_edm import PROCESSES, THRESHOLD, flow_errors
 from .test_kdiffusion import Noise, default_dtype
 
 K = load_sampling()
@@ -96,6 +96,14 @@ def test_dpm_adaptive_same_samples_as_k_diffusion(setup, order, rtol, eta):
         assert len(ours_noise.calls) == len(kd_noise.calls) - 1
         torch.testing.assert_close(torch.tensor(ours_noise.calls),
                                    torch.tensor(kd_noise.calls[:-1]), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("process_name", ["vp", "ve"])
+def test_dpm_fast_is_third_order(process_name):
+    """DPM-Solver-fast (orders 3, ..., 3, 2, 1) against a Gaussian's exact flow: from 30 to 60
+    model calls the error falls by more than 2^3 (measured: 47x on VP, 13x on VE)."""
+    err = flow_errors(PROCESSES[process_name](), "dpm_fast", (30, 60))
+    assert err[0] / err[1] > 2 ** 3
 
 
 STEPS = {"dpm_fast": {"steps": 30}, "dpm_adaptive": {}}

@@ -68,7 +68,7 @@ def test_churn_window_and_seed():
                                       s_tmax=10.0, seed=1))
 
 
-def _flow_errors(process, sampler, steps, **options):
+def flow_errors(process, sampler, steps, **options):
     """RMS error of ``sampler`` at each step count against the exact flow of a Gaussian from
     sigma_max to sigma_min followed by the final step to sigma = 0 (x = D(x, sigma_min) for
     all of them), in float64, v-prediction (so that no coefficient
@@ -91,11 +91,15 @@ def _flow_errors(process, sampler, steps, **options):
 @pytest.mark.parametrize("process_name", ["vp", "ve"])
 @pytest.mark.parametrize("sampler,order,options", [
     ("euler", 1, {}), ("heun", 2, {}), ("dpmpp_2m", 2, {}), ("dpm_2", 2, {}),
-    ("dpmpp_2m_sde", 2, {"eta": 0.0})])
+    ("dpmpp_2m_sde", 2, {"eta": 0.0}), ("euler_ancestral", 1, {"eta": 0.0}),
+    ("dpm_2_ancestral", 2, {"eta": 0.0}), ("dpmpp_2s_ancestral", 2, {"eta": 0.0}),
+    ("dpmpp_sde", 2, {"eta": 0.0})])
 def test_orders(process_name, sampler, order, options):
     """Doubling the steps divides the error by 2^order: Euler halves it, Heun, DPM-Solver-2 and
-    DPM-Solver++(2M) (also as the 2M SDE solver at eta = 0) quarter it."""
-    err = _flow_errors(PROCESSES[process_name](), sampler, (20, 40), **options)
+    DPM-Solver++(2M) (also as the 2M SDE solver at eta = 0) quarter it; the ancestral and SDE
+    samplers at eta = 0 are their ODE solvers (Euler; DPM-Solver-2; DPM-Solver++(2S) for
+    2s_ancestral and dpmpp_sde)."""
+    err = flow_errors(PROCESSES[process_name](), sampler, (20, 40), **options)
     assert 2 ** order * 0.8 < err[0] / err[1] < 2 ** order * 1.35
 
 
@@ -103,7 +107,7 @@ def test_orders(process_name, sampler, order, options):
 def test_lms_reaches_high_order(process_name):
     """LMS (order 4, started at orders 1, 2, 3): from 40 to 80 steps its error falls by more
     than 2^3 (measured: 22x; a second-order method falls by 4x)."""
-    err = _flow_errors(PROCESSES[process_name](), "lms", (40, 80))
+    err = flow_errors(PROCESSES[process_name](), "lms", (40, 80))
     assert err[0] / err[1] > 2 ** 3
 
 
