@@ -9,6 +9,7 @@
 
 #include "common/step.h"
 #include "cpu/output_pool.h"
+#include "cpu/philox_lanes.h"
 #include "torch_utils.h"
 
 // The library; the ops' definitions are the fragments of csrc/cpu/*.cpp.
@@ -38,6 +39,8 @@ PYBIND11_MODULE(_C, module) {
   // checks them against pydiffuse/ops/_packing.py on load.
   module.attr("step_coef_names") = names(pydiffuse::kStepCoefNames);
   module.attr("langevin_coef_names") = names(pydiffuse::kLangevinCoefNames);
+  module.def("philox_lanes", &pydiffuse::cpu::philox_lanes,
+             "The SIMD lanes the CPU noise stream's Philox runs in: avx512, avx2 or scalar.");
   module.def("release_cached_outputs", &pydiffuse::cpu::release_cached_outputs,
              "Free the CPU output cache (csrc/cpu/output_pool.h); returns the bytes released.");
 }

@@ -104,7 +104,7 @@ def cmd_info(args) -> int:
     built = m["pydiffuse_C"]
     compiled = built.get("error") or (
         f"with_cuda={built['with_cuda']}, cuda_archs={built['cuda_archs'] or '-'}, "
-        f"compiler={built['compiler']}")
+        f"compiler={built['compiler']}, philox_lanes={built['philox_lanes']}")
     for label, value in [("pydiffuse", m["pydiffuse"]),
                          ("python", f"{m['python']} ({m['platform']})"),
                          ("torch", m["torch"] + torch_cuda), ("triton", m["triton"]),

@@ -129,6 +129,20 @@ Isa best_isa() {
 
 }  // namespace
 
+const char* philox_lanes() {
+#if defined(__x86_64__)
+  switch (best_isa()) {
+    case Isa::kAvx512:
+      return "avx512";
+    case Isa::kAvx2:
+      return "avx2";
+    case Isa::kScalar:
+      break;
+  }
+#endif
+  return "scalar";
+}
+
 void philox_planes(uint32_t* const words[4], const uint32_t* key_lo, const uint32_t* key_hi,
                    const uint32_t* c0, const uint32_t* c1, uint32_t c2, int64_t n) {
 #if defined(__x86_64__)

@@ -14,4 +14,7 @@ namespace pydiffuse::cpu {
 void philox_planes(uint32_t* const words[4], const uint32_t* key_lo, const uint32_t* key_hi,
                    const uint32_t* c0, const uint32_t* c1, uint32_t c2, int64_t n);
 
+// The lanes philox_planes runs in here: "avx512", "avx2" or "scalar" (pydiffuse info reports it).
+const char* philox_lanes();
+
 }  // namespace pydiffuse::cpu

@@ -182,7 +182,8 @@ def machine_info() -> dict:
         info["gpu"] = None
     module, why = _dispatch._compiled_module()
     info["pydiffuse_C"] = (
-        {k: getattr(module, k, None) for k in ("with_cuda", "cuda_archs", "compiler")}
+        {**{k: getattr(module, k, None) for k in ("with_cuda", "cuda_archs", "compiler")},
+         "philox_lanes": module.philox_lanes()}
         if module is not None else {"error": why})
     return info
 

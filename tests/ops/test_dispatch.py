@@ -65,6 +65,8 @@ def test_info_command_reports_backends():
     assert result.returncode == 0, result.stderr
     for name in ops.BACKENDS:
         assert name in result.stdout
+    if not unavailable_reason("cpu", "cpu"):   # the noise stream's SIMD lanes on this CPU
+        assert any(f"philox_lanes={w}" in result.stdout for w in ("avx512", "avx2", "scalar"))
 
 
 def test_compiled_kernels_read_the_coefficient_rows_that_python_packs():

@@ -150,7 +150,8 @@ parts.append(randn([9, 33], list(range(9)), 11).flatten())            # per-samp
 x = torch.linspace(-1, 1, 2 * 3 * 50).reshape(2, 3, 50)
 parts.append(sample_step(x, x, StepCoefs(mx=1.0, s=1.0), seed=[4, 5], step=2).flatten())
 parts.append(langevin_step(x, x, 0.1, seed=3, step=1).flatten())
-print(hashlib.sha256(torch.cat(parts).numpy().tobytes()).hexdigest())
+import pydiffuse._C
+print(hashlib.sha256(torch.cat(parts).numpy().tobytes()).hexdigest(), pydiffuse._C.philox_lanes())
 """
 
 
@@ -160,11 +161,12 @@ def test_every_philox_lane_width_gives_the_same_stream():
     widest the CPU has) or a scalar loop: PYDIFFUSE_PHILOX_SIMD caps it, so every path runs
     here, and each must give the stream bit for bit (tails of a partial lane group, per-sample
     seeds, 1- and 2-element samples, the noise inside sample_step and langevin_step)."""
-    digests = {}
+    digests, lanes = {}, {}
     for cap in ("", "avx2", "off"):
         env = {**os.environ, "PYDIFFUSE_PHILOX_SIMD": cap}
         run = subprocess.run([sys.executable, "-c", _LANES_SCRIPT], env=env, capture_output=True,
                              text=True, timeout=300)
         assert run.returncode == 0, run.stderr
-        digests[cap] = run.stdout.strip()
+        digests[cap], lanes[cap] = run.stdout.split()
     assert len(set(digests.values())) == 1, digests
+    assert lanes["off"] == "scalar" and lanes["avx2"] in ("avx2", "scalar"), lanes
