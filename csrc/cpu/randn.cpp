@@ -118,7 +118,8 @@ struct PhiloxCalls {
   int64_t n = 0;
   void add(NoiseKey key, int64_t g0, int64_t g1) {
     for (int64_t g = g0; g < g1; ++g, ++n) {
-      key_lo[n] = static_cast<uint32_t>(key.seed), key_hi[n] = static_cast<uint32_t>(key.seed >> 32);
+      key_lo[n] = static_cast<uint32_t>(key.seed);
+      key_hi[n] = static_cast<uint32_t>(key.seed >> 32);
       counter_b[n] = key.counter_b, group[n] = static_cast<uint32_t>(g);
     }
   }

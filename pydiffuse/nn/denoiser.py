@@ -4,7 +4,7 @@ imports the other; ``pydiffuse.samplers.Denoiser`` is the same class."""
 
 import torch
 
-from ..ops import lincomb
+from ..ops import compute_dtype, lincomb
 from ..ops._checks import check_number
 
 
@@ -108,8 +108,7 @@ class Denoiser:
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
             logits = self.classifier(x_in, t)     # (half logits: softmax in float32)
-            log_p = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)),
-                                      dim=-1)
+            log_p = torch.log_softmax(logits.to(compute_dtype(logits.dtype)), dim=-1)
             labels = self._labels(len(x), log_p.shape[-1], x.device)
             chosen = log_p.gather(1, labels[:, None].long()).sum()
             grad, = torch.autograd.grad(chosen, x_in)

@@ -91,15 +91,16 @@ _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
 def pack_rows(values, names, batch: int, device: torch.device,
-              dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Coefficients (floats or [B] tensors) -> a tensor [len, B] of ``dtype`` (``compute_dtype``
-    of the data's; stride 0 over B for all-number rows); ``names`` name the rows in errors (a
-    sequence, or a prefix: row i is ``f"{names}[{i}]"``).
+              data_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Coefficients (floats or [B] tensors) -> a tensor [len, B] of ``compute_dtype(data_dtype)``
+    (stride 0 over B for all-number rows); ``names`` name the rows in errors (a sequence, or a
+    prefix: row i is ``f"{names}[{i}]"``).
 
     All-number rows (the common case) are packed once per (values, batch, device) and the table
     reused (``_number_table``): a sampler's per-step coefficients repeat from one run to the
     next. Otherwise, and where no cache may be used (``_cacheable``), the rows are filled on the
     device one by one."""
+    dtype = compute_dtype(data_dtype)
     if (_NUMBER_TYPES.issuperset(map(type, values)) and device.type in ("cpu", "cuda")
             and _cacheable(device)):
         return _number_table(struct.pack(f"{len(values)}d", *values), names, batch, device,

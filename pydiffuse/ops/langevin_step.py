@@ -3,8 +3,7 @@ corrector, fused, and its gradient."""
 
 from . import _autograd, _dispatch, reference
 from ._checks import check_data, check_number, check_same, check_step_index, check_stream_size
-from ._packing import (LANGEVIN_COEF_NAMES, LANGEVIN_STEP_SIZE, pack_rows, pack_seeds,
-                       compute_dtype)
+from ._packing import LANGEVIN_COEF_NAMES, LANGEVIN_STEP_SIZE, pack_rows, pack_seeds
 
 NORMS = ("batch", "sample")
 
@@ -44,7 +43,7 @@ def langevin_step(x, score, step_size, *, snr=None, norm="batch", noise=None, se
         check_number(snr, "snr", positive=True)
     batch, device = x.shape[0], x.device
     table = pack_rows([step_size, 0.0 if snr is None else snr], LANGEVIN_COEF_NAMES, batch,
-                      device, compute_dtype(x.dtype))
+                      device, x.dtype)
     seeds = None
     if seed is not None:
         check_stream_size(x.shape)

@@ -7,7 +7,7 @@ import torch
 
 from . import _autograd, _dispatch, reference
 from ._checks import check_data, check_same
-from ._packing import pack_rows, compute_dtype
+from ._packing import pack_rows
 
 
 def lincomb(tensors, coefs):
@@ -33,7 +33,7 @@ def lincomb(tensors, coefs):
     if len(coefs) != len(tensors):
         raise ValueError(f"coefs has {len(coefs)} entries for {len(tensors)} tensors")
     batch, device = first.shape[0], first.device
-    table = pack_rows(coefs, "coefs", batch, device, compute_dtype(first.dtype))
+    table = pack_rows(coefs, "coefs", batch, device, first.dtype)
     run = _dispatch.select("lincomb", device, first.dtype, terms=len(tensors))
     return run(list(tensors), table)
 

@@ -6,7 +6,7 @@ from . import _autograd, _dispatch, reference
 from ._checks import (check_data, check_number, check_same, check_step_index, check_stream_size,
                       is_nonzero)
 from ._packing import (COEF_INDEX, STEP_ROW_NAMES, StepCoefs, pack_rows, pack_seeds,
-                       step_coef_values, compute_dtype)
+                       step_coef_values)
 
 
 def sample_step(x, out, coefs, *, out_uncond=None, guidance=None, clip=None, learned_var=None,
@@ -66,7 +66,7 @@ def sample_step(x, out, coefs, *, out_uncond=None, guidance=None, clip=None, lea
     lo, hi = learned_var if learned_var is not None else (0.0, 0.0)
     table = pack_rows([*step_coef_values(coefs), 0.0 if guidance is None else guidance,
                        0.0 if clip is None else clip, lo, hi], STEP_ROW_NAMES, batch, device,
-                      compute_dtype(x.dtype))
+                      x.dtype)
     seeds = None
     if seed is not None:
         check_stream_size(x.shape)

@@ -99,13 +99,9 @@ def _fixed_step(run, x, prediction, method, steps, eps):
                            desc=f"ode {method}")
 
 
-def _at_least_float32(v):
-    return v.to(torch.promote_types(v.dtype, torch.float32))
-
-
 def _rms(v, scale):
     """Per-sample root mean square of v / scale, [B] (float32, float64 for float64 v)."""
-    return (_at_least_float32(v) / scale).square().flatten(1).mean(1).sqrt()
+    return (v.to(compute_dtype(v.dtype)) / scale).square().flatten(1).mean(1).sqrt()
 
 
 def _device_columns(columns: dict, run) -> dict:
@@ -137,7 +133,7 @@ def _initial_step(run, x, k1, prediction, t, span, rtol, atol):
     h0 = 0.01 |x| / |f|, h1 = (0.01 / max(|f|, |f(x - h0 f) - f| / h0))^(1/5),
     h = min(100 h0, h1) (norms scaled by atol + rtol |x|)."""
     den, process = run.den, run.process
-    scale = atol + rtol * _at_least_float32(x).abs()
+    scale = atol + rtol * x.to(compute_dtype(x.dtype)).abs()
     d = torch.stack([_rms(x, scale), _rms(k1, scale)]).double().cpu()
     h0 = torch.where((d < 1e-5).any(0), 1e-6, 0.01 * d[0] / d[1]).minimum(span)
     c = _device_columns({**_stage_columns(process, prediction, [t - h0]), "h": -h0}, run)
@@ -174,8 +170,8 @@ def _rk45(run, x, prediction, eps, rtol, atol, max_steps, stats):
             y = lincomb([x, *ks], [1.0, *(c["a", s, j] for j in range(s))])
             ks.append(_drift(den, process, y, c, s))
         err = lincomb(ks, [c["e", j] for j in range(len(DP_E))])
-        norm = _rms(err, atol + rtol * torch.maximum(_at_least_float32(x).abs(),
-                                                     _at_least_float32(y).abs()))
+        bound = torch.maximum(x.abs(), y.abs())
+        norm = _rms(err, atol + rtol * bound.to(compute_dtype(bound.dtype)))
         ok = (norm <= 1).reshape(shape)
         x, k1 = torch.where(ok, y, x), torch.where(ok, ks[-1], k1)
         norm = norm.double().cpu()                     # the loop's one host sync per step
