@@ -16,7 +16,6 @@ from pydiffuse.likelihood import ODENLLResult, exact_divergence, hutchinson_dive
 from pydiffuse.likelihood._batch import sample_seeds
 from pydiffuse.likelihood.ode import _probes, uniform_dequantize
 from pydiffuse.nn import GaussianMixtureScore
-from pydiffuse.predictions import x0_coefs as oracle_x0_coefs
 from pydiffuse.sde import VESDE, SubVPSDE, VPSDE
 from tests.samplers.plain_loops import score_sde_discrete
 
@@ -190,6 +189,8 @@ def test_float64_equals_score_sde_loop_on_scipy(sde, prediction):
         seen.add((x.dtype, t.dtype))
         return oracle(x, t)
 
+    exact_score = GaussianMixtureScore(MEANS_2D, COVS_2D, [0.5, 0.3, 0.2], process=sde,
+                                       prediction="score")
     x = oracle.sample(4, seed=1, dtype=torch.float64)
     options = dict(rtol=1e-6, atol=1e-6, eps=1e-5)
     ours = ode_nll(model, sde, x, prediction=prediction, divergence="exact", progress=False,
@@ -199,10 +200,7 @@ def test_float64_equals_score_sde_loop_on_scipy(sde, prediction):
     def augmented(t, y):                 # score_sde's ode_func for one sample, float64
         t = torch.tensor([t], dtype=torch.float64)
         xt = torch.tensor(y[:2], dtype=torch.float64)[None].requires_grad_(True)
-        a, std = sde.marginal(t)
-        cx, co = oracle_x0_coefs(prediction, a, std)
-        score = ((a * (cx * xt + co * oracle(xt, t)) - xt) / std ** 2)
-        drift = sde.drift_coef(t) * xt - 0.5 * sde.diffusion(t) ** 2 * score
+        drift = sde.drift_coef(t) * xt - 0.5 * sde.diffusion(t) ** 2 * exact_score(xt, t)
         div = sum(torch.autograd.grad(drift[0, i], xt, retain_graph=True)[0][0, i]
                   for i in range(2))
         return [*drift[0].tolist(), float(div)]

@@ -8,19 +8,18 @@ import pytest
 import torch
 
 import pydiffuse
-from pydiffuse import schedules, sde
-from pydiffuse.predictions import x0_coefs
+from pydiffuse import sde
 from pydiffuse.samplers import SAMPLERS
 
 from .oracle_cases import mixture_2d
+from .test_edm import PROCESSES
 
-PROCESSES = {"sde": sde.VPSDE, "ladder": lambda: schedules.NoiseLadder(
-    schedules.geometric_sigmas(5.0, 0.05, 6)), "discrete": lambda: schedules.linear(1000)}
+BY_KIND = {"discrete": "linear", "sde": "vp", "ladder": "ladder"}
 
 
 def process_for(name):
     kinds = SAMPLERS[name].processes
-    return PROCESSES["discrete" if "discrete" in kinds else kinds[0]]()
+    return PROCESSES[BY_KIND["discrete" if "discrete" in kinds else kinds[0]]]()
 
 
 class Checked(torch.nn.Module):
@@ -64,7 +63,7 @@ def test_rk45_equals_the_score_sde_loop_on_scipy(prediction):
     by scipy is its reference: equal to 1e-10 in float64 (without the final denoising step)."""
     integrate = pytest.importorskip("scipy.integrate")
     process = sde.VPSDE()
-    mix = mixture_2d(process, prediction)
+    mix, exact_score = mixture_2d(process, prediction), mixture_2d(process, "score")
     x_T = torch.randn(6, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     ours = SAMPLERS["ode"](mix, x_T, process, method="rk45", rtol=1e-6, atol=1e-6,
                            denoise=False, prediction=prediction)
@@ -72,9 +71,7 @@ def test_rk45_equals_the_score_sde_loop_on_scipy(prediction):
     def drift(t, y):                     # f(t) x - g(t)^2 s(x, t) / 2 for one sample
         t = torch.tensor([t], dtype=torch.float64)
         x = torch.tensor(y, dtype=torch.float64)[None]
-        a, std = process.marginal(t)
-        cx, co = x0_coefs(prediction, a, std)
-        score = (a * (cx * x + co * mix(x, t)) - x) / std ** 2
+        score = exact_score(x, t)
         return (process.drift_coef(t) * x - 0.5 * process.diffusion(t) ** 2 * score)[0].tolist()
 
     for i in range(len(x_T)):
